@@ -1,0 +1,181 @@
+"""The one error tree of the project, shared by producers and workers.
+
+Every error a user can meet carries a stable ``code`` (``area.reason``), a human message and a JSON
+``details`` dict. The tree has two branches and retry policy follows the branch, never a list of codes:
+
+* :class:`RetryableError`: the world may heal (ComfyUI restarting, a 503 from a media host, a storage
+  hiccup). Fetchers retry these with backoff; the task hands the job back to the queue.
+* :class:`PermanentError`: retrying cannot help (invalid input, a workflow ComfyUI rejects). The job
+  fails at once with the code.
+
+Errors travel through Celery's JSON result backend as ``exc_type``/``exc_module``/``exc_message`` where
+``exc_message`` is ``args``. Every class here is therefore rebuilt from ``(code, message, details)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+class DanceError(Exception):
+    """Root of every error this project raises on purpose."""
+
+    retryable = False
+
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(code, message, dict(details or {}))
+        self.code = code
+        self.message = message
+        self.details: dict[str, Any] = dict(details or {})
+
+    def __str__(self) -> str:
+        return f"[{self.code}] {self.message}"
+
+    def as_dict(self) -> dict[str, Any]:
+        """The ``{code, message, details}`` shape that failed jobs carry."""
+        return {"code": self.code, "message": self.message, "details": self.details}
+
+
+class RetryableError(DanceError):
+    """A transient failure: the same work may succeed later."""
+
+    retryable = True
+
+
+class PermanentError(DanceError):
+    """A failure that repeating the same work cannot fix."""
+
+
+# Permanent branch ---------------------------------------------------------------------------------------
+class InvalidRequest(PermanentError):
+    """The job request itself is wrong (types, ranges, unknown fields)."""
+
+
+class InputRejected(PermanentError):
+    """A media input exists but may not or cannot be used."""
+
+
+class WorkflowInvalid(PermanentError):
+    """The workflow template is malformed or needs what this ComfyUI lacks."""
+
+
+class ComfyRejected(PermanentError):
+    """ComfyUI refused or failed our prompt for reasons inherent to the prompt."""
+
+
+class JobEnded(PermanentError):
+    """The job was stopped on purpose: deadline or cancel."""
+
+
+class ConfigInvalid(PermanentError):
+    """An environment variable or option holds a value that cannot work."""
+
+
+class StorageRejected(PermanentError):
+    """Storage refused the operation (credentials, missing bucket)."""
+
+
+# Retryable branch ---------------------------------------------------------------------------------------
+class ComfyUnavailable(RetryableError):
+    """ComfyUI cannot be reached or dropped the connection."""
+
+
+class InputUnavailable(RetryableError):
+    """A media host failed in a way that may heal (5xx, timeout, refused)."""
+
+
+class StorageUnavailable(RetryableError):
+    """Object storage failed in a way that may heal."""
+
+
+class BrokerUnavailable(RetryableError):
+    """The Celery broker (Redis) cannot be reached."""
+
+
+@dataclass(frozen=True)
+class CodeInfo:
+    branch: type[DanceError]
+    meaning: str
+
+
+#: Every stable code, the class that carries it and its one-line meaning. The README table is checked
+#: against this catalogue by the tests.
+CATALOG: dict[str, CodeInfo] = {}
+
+
+def _code(code: str, branch: type[DanceError], meaning: str) -> str:
+    CATALOG[code] = CodeInfo(branch, meaning)
+    return code
+
+
+REQUEST_NOT_OBJECT = _code("request.not_object", InvalidRequest, "the request is not a JSON object")
+REQUEST_MISSING_FIELD = _code("request.missing_field", InvalidRequest, "a required field is absent")
+REQUEST_WRONG_TYPE = _code("request.wrong_type", InvalidRequest, "a field has the wrong JSON type")
+REQUEST_OUT_OF_RANGE = _code("request.out_of_range", InvalidRequest, "a number is outside its allowed range")
+REQUEST_UNKNOWN_FIELD = _code("request.unknown_field", InvalidRequest, "the request has a field we do not know")
+REQUEST_TEXT_TOO_LONG = _code("request.text_too_long", InvalidRequest, "a prompt exceeds its length cap")
+REQUEST_BAD_MEDIA_REF = _code(
+    "request.bad_media_reference", InvalidRequest, "a media field is not a usable URL, URI or file"
+)
+REQUEST_DUPLICATE_FIELD = _code(
+    "request.duplicate_field", InvalidRequest, "a field is given both nested and flat"
+)
+REQUEST_BAD_OPTION = _code(
+    "request.bad_option", InvalidRequest, "a control option (job_id, queue, priority, timeout) is invalid"
+)
+
+INPUT_NOT_FOUND = _code("input.not_found", InputRejected, "the media URL or object does not exist (404/410)")
+INPUT_HTTP_ERROR = _code("input.http_error", InputRejected, "the media host answered with a client error")
+INPUT_TOO_LARGE = _code("input.too_large", InputRejected, "the media is larger than the download cap")
+INPUT_NOT_MEDIA = _code("input.not_media", InputRejected, "the bytes are not an image or video we accept")
+INPUT_WRONG_KIND = _code("input.wrong_kind", InputRejected, "an image was given where a video is expected, or the reverse")
+INPUT_CORRUPT = _code("input.corrupt", InputRejected, "the media is truncated or cannot be decoded")
+INPUT_SCHEME = _code("input.scheme_unsupported", InputRejected, "the URL scheme is not http, https or s3")
+INPUT_BLOCKED = _code("input.address_blocked", InputRejected, "the URL leads to a private or internal address")
+INPUT_REDIRECTS = _code("input.too_many_redirects", InputRejected, "the URL redirects too often or in a loop")
+INPUT_FORBIDDEN = _code("input.forbidden", InputRejected, "the media host or bucket denied access (401/403)")
+INPUT_SERVER_ERROR = _code("input.server_error", InputUnavailable, "the media host failed (5xx) after retries")
+INPUT_TIMEOUT = _code("input.timeout", InputUnavailable, "the download timed out after retries")
+INPUT_UNREACHABLE = _code("input.unreachable", InputUnavailable, "the media host refused or dropped the connection")
+
+WORKFLOW_TEMPLATE = _code("workflow.template_invalid", WorkflowInvalid, "the workflow file is not an API-format graph")
+WORKFLOW_PLACEHOLDER = _code(
+    "workflow.unknown_placeholder", WorkflowInvalid, "the template names a {{placeholder}} we cannot fill"
+)
+WORKFLOW_UNKNOWN_NODES = _code("workflow.unknown_nodes", WorkflowInvalid, "ComfyUI lacks node classes the workflow uses")
+WORKFLOW_MISSING_MODELS = _code(
+    "workflow.missing_models", WorkflowInvalid, "ComfyUI's loaders do not offer model files the workflow names"
+)
+
+COMFY_PROMPT_REJECTED = _code("comfyui.prompt_rejected", ComfyRejected, "POST /prompt answered 400")
+COMFY_NODE_ERRORS = _code(
+    "comfyui.node_errors", ComfyRejected, "POST /prompt answered 200 but rejected part of the graph"
+)
+COMFY_EXECUTION_ERROR = _code("comfyui.execution_error", ComfyRejected, "a node raised while the prompt ran")
+COMFY_INTERRUPTED = _code("comfyui.interrupted", ComfyRejected, "someone else interrupted our prompt")
+COMFY_NO_OUTPUTS = _code("comfyui.no_outputs", ComfyRejected, "the prompt finished without any saved output")
+COMFY_UNREACHABLE = _code("comfyui.unreachable", ComfyUnavailable, "ComfyUI refused the connection or vanished")
+COMFY_PROTOCOL = _code("comfyui.protocol_error", ComfyUnavailable, "ComfyUI answered something we cannot read")
+
+JOB_DEADLINE = _code("job.deadline_exceeded", JobEnded, "the job ran past its execution deadline")
+JOB_CANCELLED = _code("job.cancelled", JobEnded, "the job was cancelled")
+
+STORAGE_FORBIDDEN = _code("storage.forbidden", StorageRejected, "storage denied access or the bucket is missing")
+STORAGE_UNAVAILABLE = _code("storage.unavailable", StorageUnavailable, "storage failed in a way that may heal")
+
+CONFIG_INVALID = _code("config.invalid", ConfigInvalid, "a setting holds a value that cannot work")
+BROKER_UNREACHABLE = _code("broker.unreachable", BrokerUnavailable, "the broker (Redis) cannot be reached")
+
+
+def error(code: str, message: str, **details: Any) -> DanceError:
+    """Build the error of the branch that ``code`` is registered under."""
+    info = CATALOG[code]
+    return info.branch(code, message, details)
+
+
+def from_dict(payload: dict[str, Any]) -> DanceError:
+    """Rebuild an error from its ``as_dict`` form; unknown codes stay permanent."""
+    code = str(payload.get("code", "unknown"))
+    branch = CATALOG[code].branch if code in CATALOG else PermanentError
+    return branch(code, str(payload.get("message", "")), dict(payload.get("details") or {}))

@@ -1,0 +1,156 @@
+"""Worker settings: one frozen dataclass, built once from the environment at the entry point.
+
+Every default is a named constant with its unit. Celery's own names are used where they exist
+(``CELERY_BROKER_URL``, ``CELERY_RESULT_BACKEND``); the README's configuration table lists them all.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from producer.errors import CONFIG_INVALID, error
+from producer.settings import DEFAULT_BROKER_URL, DEFAULT_QUEUE, DEFAULT_STORAGE_URL, env_bool, env_float, env_int
+
+#: Where ComfyUI listens when COMFYUI_URL is unset.
+DEFAULT_COMFYUI_URL = "http://127.0.0.1:8188"
+#: The workflow template shipped with the worker.
+DEFAULT_WORKFLOW_PATH = Path(__file__).parent / "workflows" / "dance_scail.json"
+#: How long the gate waits for ComfyUI before the worker exits non-zero, in seconds.
+DEFAULT_READY_TIMEOUT_S = 600.0
+#: How often the gate logs what is still missing, in seconds.
+DEFAULT_READY_LOG_INTERVAL_S = 10.0
+#: First readiness poll delay, in seconds (a refused connect costs ComfyUI nothing).
+DEFAULT_READY_POLL_MIN_S = 0.05
+#: Longest pause between readiness polls, in seconds.
+DEFAULT_READY_POLL_MAX_S = 1.0
+#: Execution deadline of a job that does not ask for one, in seconds.
+DEFAULT_JOB_DEADLINE_S = 1200.0
+#: Largest deadline a producer may ask for, in seconds.
+DEFAULT_MAX_JOB_DEADLINE_S = 3600.0
+#: Time a job may spend outside execution (downloads, uploads), in seconds; the visibility
+#: timeout must cover the longest deadline plus this.
+JOB_IO_ALLOWANCE_S = 900.0
+#: Redis visibility timeout, in seconds: an unacked message returns to the queue after this.
+DEFAULT_VISIBILITY_TIMEOUT_S = DEFAULT_MAX_JOB_DEADLINE_S + JOB_IO_ALLOWANCE_S
+#: How long finished results stay in the result backend, in seconds (7 days).
+DEFAULT_RESULT_EXPIRES_S = 7 * 24 * 3600
+#: Largest media download, in bytes (1 GiB).
+DEFAULT_MAX_DOWNLOAD_BYTES = 1 << 30
+#: TCP connect timeout of a media download, in seconds.
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
+#: Whole-download timeout of one media file, in seconds.
+DEFAULT_DOWNLOAD_TIMEOUT_S = 300.0
+#: Attempts per media download when the failure is transient.
+DEFAULT_DOWNLOAD_ATTEMPTS = 3
+#: Timeout of one plain HTTP call to ComfyUI, in seconds.
+DEFAULT_COMFYUI_HTTP_TIMEOUT_S = 30.0
+#: Lifetime of presigned result URLs, in seconds (7 days, the S3 maximum).
+DEFAULT_PRESIGN_EXPIRES_S = 7 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    """How media inputs are downloaded."""
+
+    max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES
+    connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
+    download_timeout_s: float = DEFAULT_DOWNLOAD_TIMEOUT_S
+    attempts: int = DEFAULT_DOWNLOAD_ATTEMPTS
+    #: Hosts, IPs or CIDRs that may be fetched although they are private or loopback.
+    allow_hosts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    broker_url: str = DEFAULT_BROKER_URL
+    result_backend: str = DEFAULT_BROKER_URL
+    comfyui_url: str = DEFAULT_COMFYUI_URL
+    workflow_path: Path = DEFAULT_WORKFLOW_PATH
+    storage_url: str = DEFAULT_STORAGE_URL
+    queues: tuple[str, ...] = (DEFAULT_QUEUE,)
+    require_gpu: bool = False
+    ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S
+    ready_log_interval_s: float = DEFAULT_READY_LOG_INTERVAL_S
+    ready_poll_min_s: float = DEFAULT_READY_POLL_MIN_S
+    ready_poll_max_s: float = DEFAULT_READY_POLL_MAX_S
+    job_deadline_s: float = DEFAULT_JOB_DEADLINE_S
+    max_job_deadline_s: float = DEFAULT_MAX_JOB_DEADLINE_S
+    visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S
+    result_expires_s: int = DEFAULT_RESULT_EXPIRES_S
+    comfyui_http_timeout_s: float = DEFAULT_COMFYUI_HTTP_TIMEOUT_S
+    presign_expires_s: int = DEFAULT_PRESIGN_EXPIRES_S
+    #: ComfyUI's input and output folders when the worker shares them (a volume); lets the worker
+    #: delete the files of finished jobs, which ComfyUI's API cannot do.
+    comfyui_input_dir: Path | None = None
+    comfyui_output_dir: Path | None = None
+    #: Scratch folder for downloads; a fresh temporary folder when unset.
+    work_dir: Path | None = None
+    fetch: FetchSettings = field(default_factory=FetchSettings)
+
+    def __post_init__(self) -> None:
+        floor_s = self.max_job_deadline_s + JOB_IO_ALLOWANCE_S
+        if self.visibility_timeout_s < floor_s:
+            # celery#5935: a job that outlives the visibility timeout is redelivered to a second
+            # worker while the first still runs it.
+            raise error(
+                CONFIG_INVALID,
+                f"DANCE_VISIBILITY_TIMEOUT_S={self.visibility_timeout_s:g} must be at least the longest "
+                f"job deadline plus {JOB_IO_ALLOWANCE_S:g}s of I/O ({floor_s:g}s), or long jobs would run twice",
+                visibility_timeout_s=self.visibility_timeout_s,
+                max_job_deadline_s=self.max_job_deadline_s,
+            )
+        if not 0 < self.job_deadline_s <= self.max_job_deadline_s:
+            raise error(
+                CONFIG_INVALID,
+                "DANCE_JOB_DEADLINE_S must be positive and at most DANCE_MAX_JOB_DEADLINE_S",
+                job_deadline_s=self.job_deadline_s,
+                max_job_deadline_s=self.max_job_deadline_s,
+            )
+        if not self.queues:
+            raise error(CONFIG_INVALID, "DANCE_QUEUES names no queue", queues=list(self.queues))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
+        env = os.environ if environ is None else environ
+        broker = env.get("CELERY_BROKER_URL", DEFAULT_BROKER_URL)
+        max_deadline = env_float(env, "DANCE_MAX_JOB_DEADLINE_S", DEFAULT_MAX_JOB_DEADLINE_S)
+        return cls(
+            broker_url=broker,
+            result_backend=env.get("CELERY_RESULT_BACKEND", broker),
+            comfyui_url=env.get("COMFYUI_URL", DEFAULT_COMFYUI_URL).rstrip("/"),
+            workflow_path=Path(env.get("DANCE_WORKFLOW", str(DEFAULT_WORKFLOW_PATH))),
+            storage_url=env.get("DANCE_STORAGE_URL", DEFAULT_STORAGE_URL),
+            queues=_csv(env.get("DANCE_QUEUES", DEFAULT_QUEUE)),
+            require_gpu=env_bool(env, "COMFYUI_REQUIRE_GPU", False),
+            ready_timeout_s=env_float(env, "COMFYUI_READY_TIMEOUT_S", DEFAULT_READY_TIMEOUT_S),
+            ready_log_interval_s=env_float(env, "COMFYUI_READY_LOG_INTERVAL_S", DEFAULT_READY_LOG_INTERVAL_S),
+            job_deadline_s=env_float(env, "DANCE_JOB_DEADLINE_S", DEFAULT_JOB_DEADLINE_S),
+            max_job_deadline_s=max_deadline,
+            visibility_timeout_s=env_float(
+                env, "DANCE_VISIBILITY_TIMEOUT_S", max(DEFAULT_VISIBILITY_TIMEOUT_S, max_deadline + JOB_IO_ALLOWANCE_S)
+            ),
+            result_expires_s=env_int(env, "DANCE_RESULT_EXPIRES_S", DEFAULT_RESULT_EXPIRES_S),
+            comfyui_http_timeout_s=env_float(env, "COMFYUI_HTTP_TIMEOUT_S", DEFAULT_COMFYUI_HTTP_TIMEOUT_S),
+            presign_expires_s=env_int(env, "DANCE_PRESIGN_EXPIRES_S", DEFAULT_PRESIGN_EXPIRES_S),
+            comfyui_input_dir=_path_or_none(env.get("COMFYUI_INPUT_DIR")),
+            comfyui_output_dir=_path_or_none(env.get("COMFYUI_OUTPUT_DIR")),
+            work_dir=_path_or_none(env.get("DANCE_WORK_DIR")),
+            fetch=FetchSettings(
+                max_download_bytes=env_int(env, "DANCE_MAX_DOWNLOAD_BYTES", DEFAULT_MAX_DOWNLOAD_BYTES),
+                connect_timeout_s=env_float(env, "DANCE_CONNECT_TIMEOUT_S", DEFAULT_CONNECT_TIMEOUT_S),
+                download_timeout_s=env_float(env, "DANCE_DOWNLOAD_TIMEOUT_S", DEFAULT_DOWNLOAD_TIMEOUT_S),
+                attempts=env_int(env, "DANCE_DOWNLOAD_ATTEMPTS", DEFAULT_DOWNLOAD_ATTEMPTS),
+                allow_hosts=_csv(env.get("DANCE_FETCH_ALLOW_HOSTS", "")),
+            ),
+        )
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _path_or_none(value: str | None) -> Path | None:
+    return Path(value) if value else None
