@@ -160,9 +160,16 @@ COMFY_PROTOCOL = _code("comfyui.protocol_error", ComfyUnavailable, "ComfyUI answ
 
 JOB_DEADLINE = _code("job.deadline_exceeded", JobEnded, "the job ran past its execution deadline")
 JOB_CANCELLED = _code("job.cancelled", JobEnded, "the job was cancelled")
+JOB_UNKNOWN = _code("job.unknown", InvalidRequest, "no job with this id was ever submitted (or its result expired)")
+JOB_WAIT_TIMEOUT = _code(
+    "job.wait_timeout", RetryableError, "the job did not finish while the caller waited; it may still run"
+)
+JOB_MALFORMED_RESULT = _code("job.malformed_result", PermanentError, "the result backend holds something we cannot read")
 
 STORAGE_FORBIDDEN = _code("storage.forbidden", StorageRejected, "storage denied access or the bucket is missing")
 STORAGE_UNAVAILABLE = _code("storage.unavailable", StorageUnavailable, "storage failed in a way that may heal")
+STORAGE_NOT_FOUND = _code("storage.not_found", StorageRejected, "the stored object to read does not exist")
+STORAGE_TOO_LARGE = _code("storage.too_large", StorageRejected, "the stored object exceeds the read cap")
 
 CONFIG_INVALID = _code("config.invalid", ConfigInvalid, "a setting holds a value that cannot work")
 BROKER_UNREACHABLE = _code("broker.unreachable", BrokerUnavailable, "the broker (Redis) cannot be reached")

@@ -2,4 +2,8 @@
 
 pytest_plugins = [
     "tests.fixtures.redis_server",
+    "tests.fixtures.s3_server",
+    "tests.fixtures.media_server",
+    "tests.fixtures.workers",
+    "tests.fixtures.comfysim",
 ]

@@ -47,6 +47,9 @@ DEFAULT_DOWNLOAD_TIMEOUT_S = 300.0
 DEFAULT_DOWNLOAD_ATTEMPTS = 3
 #: Timeout of one plain HTTP call to ComfyUI, in seconds.
 DEFAULT_COMFYUI_HTTP_TIMEOUT_S = 30.0
+#: Times a job may be handed back to the queue after transient failures (ComfyUI died, storage
+#: hiccup) before it fails with the last error's code.
+DEFAULT_MAX_ATTEMPTS = 5
 #: Lifetime of presigned result URLs, in seconds (7 days, the S3 maximum).
 DEFAULT_PRESIGN_EXPIRES_S = 7 * 24 * 3600
 
@@ -82,6 +85,7 @@ class WorkerSettings:
     result_expires_s: int = DEFAULT_RESULT_EXPIRES_S
     comfyui_http_timeout_s: float = DEFAULT_COMFYUI_HTTP_TIMEOUT_S
     presign_expires_s: int = DEFAULT_PRESIGN_EXPIRES_S
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
     #: ComfyUI's input and output folders when the worker shares them (a volume); lets the worker
     #: delete the files of finished jobs, which ComfyUI's API cannot do.
     comfyui_input_dir: Path | None = None
@@ -135,6 +139,7 @@ class WorkerSettings:
             result_expires_s=env_int(env, "DANCE_RESULT_EXPIRES_S", DEFAULT_RESULT_EXPIRES_S),
             comfyui_http_timeout_s=env_float(env, "COMFYUI_HTTP_TIMEOUT_S", DEFAULT_COMFYUI_HTTP_TIMEOUT_S),
             presign_expires_s=env_int(env, "DANCE_PRESIGN_EXPIRES_S", DEFAULT_PRESIGN_EXPIRES_S),
+            max_attempts=env_int(env, "DANCE_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS),
             comfyui_input_dir=_path_or_none(env.get("COMFYUI_INPUT_DIR")),
             comfyui_output_dir=_path_or_none(env.get("COMFYUI_OUTPUT_DIR")),
             work_dir=_path_or_none(env.get("DANCE_WORK_DIR")),

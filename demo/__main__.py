@@ -1,0 +1,160 @@
+"""``make demo``: a whole cluster on this machine, one dance job through it, and where to look.
+
+Starts a private Redis, the ComfyUI simulator (or uses a real ComfyUI when COMFYUI_URL is set), one
+readiness-gated worker and Flower; makes sample media; submits a job with the local files (the
+producer puts them into the embedded file storage), shows its progress, and prints the video's path
+and the Flower URL. On a terminal it then keeps the cluster up until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from demo.samples import make_character_png, make_dance_mp4
+from producer.client import DanceClient
+from producer.errors import DanceError
+from producer.progressbar import ProgressLine
+from producer.settings import ProducerSettings
+
+#: Everything the demo writes goes below this folder.
+STATE_DIR = Path(os.environ.get("DEMO_DIR", "var/demo")).resolve()
+#: Port Flower prefers; a free one is used when it is taken.
+FLOWER_PORT = 5555
+#: Simulated seconds of GPU work for the demo job, and the simulator's start delay, in seconds:
+#: long enough to watch the gate hold and the progress bar move.
+SIM_EXEC_S = 4.0
+SIM_START_DELAY_S = 3.0
+#: How long the demo waits for its job, in seconds.
+JOB_TIMEOUT_S = 300.0
+
+
+def free_port(preferred: int = 0) -> int:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", preferred))
+        except OSError:
+            sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Services:
+    """The demo's child processes, stopped together."""
+
+    def __init__(self) -> None:
+        self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+        (STATE_DIR / "logs").mkdir(parents=True, exist_ok=True)
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
+        log = (STATE_DIR / "logs" / f"{name}.log").open("wb")
+        child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env},
+                                 start_new_session=True)
+        self.children.append((name, child))
+        print(f"  started {name:<10} (log: {log.name})")
+
+    def stop(self) -> None:
+        for _, child in reversed(self.children):
+            if child.poll() is None:
+                os.killpg(child.pid, signal.SIGTERM)
+        for _, child in reversed(self.children):
+            try:
+                child.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(child.pid, signal.SIGKILL)
+
+
+def wait_for_port(port: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise SystemExit(f"nothing listens on port {port} after {timeout_s:.0f}s; see {STATE_DIR / 'logs'}")
+
+
+def start_cluster(services: Services) -> tuple[dict[str, str], str]:
+    redis_port = free_port()
+    services.start("redis", [shutil.which("redis-server") or "redis-server", "--port", str(redis_port),
+                             "--bind", "127.0.0.1", "--save", "", "--dir", str(STATE_DIR)], {})
+    wait_for_port(redis_port, 15)
+    broker = f"redis://127.0.0.1:{redis_port}/0"
+    env = {"CELERY_BROKER_URL": broker, "CELERY_RESULT_BACKEND": broker,
+           "DANCE_STORAGE_URL": (STATE_DIR / "storage").as_uri(), "PYTHONUNBUFFERED": "1"}
+    comfyui_url = os.environ.get("COMFYUI_URL")
+    if comfyui_url is None:
+        sim_port = free_port()
+        comfyui_url = f"http://127.0.0.1:{sim_port}"
+        services.start("comfyui-sim", [sys.executable, "-m", "simulator", "--port", str(sim_port),
+                                       "--data-dir", str(STATE_DIR / "comfyui"), "--exec-s", str(SIM_EXEC_S),
+                                       "--start-delay-s", str(SIM_START_DELAY_S)], {})
+        env["COMFYUI_INPUT_DIR"] = str(STATE_DIR / "comfyui" / "input")
+    env["COMFYUI_URL"] = comfyui_url
+    services.start("worker", [sys.executable, "-m", "producer.cli", "worker", "-n", "demo@%h"], env)
+    flower_port = free_port(FLOWER_PORT)
+    password = secrets.token_urlsafe(9)
+    services.start("flower", [sys.executable, "-m", "celery", "-A", "worker.app", "flower",
+                              f"--port={flower_port}", "--address=127.0.0.1",
+                              f"--basic-auth=dance:{password}", "--persistent=False"], env)
+    return env, f"http://127.0.0.1:{flower_port}  (user dance, password {password})"
+
+
+def run_job(env: dict[str, str]) -> int:
+    samples = STATE_DIR / "samples"
+    image = make_character_png(samples / "character.png")
+    video = make_dance_mp4(samples / "dance.mp4", frames=48)
+    settings = ProducerSettings(broker_url=env["CELERY_BROKER_URL"], result_backend=env["CELERY_RESULT_BACKEND"],
+                                storage_url=env["DANCE_STORAGE_URL"], wait_timeout_s=JOB_TIMEOUT_S)
+    request = {"reference_image": str(image), "dance_video": str(video), "width": 256, "height": 448,
+               "prompt": "a cheerful character dancing on a stage", "steps": 6}
+    with DanceClient(settings) as client:
+        handle = client.submit(request)
+        print(f"\nsubmitted job {handle.id}; the worker takes it once ComfyUI is ready")
+        line = ProgressLine(sys.stdout)
+        try:
+            result = handle.result(on_progress=line.update)
+        except DanceError as exc:
+            line.close()
+            print(f"the job failed: {exc}")
+            return 1
+        line.close()
+    videos = [item for item in result["outputs"] if item["kind"] == "video"]
+    for item in videos or result["outputs"]:
+        print(f"\nresult {item['kind']}: {item['uri'].removeprefix('file://')}  ({item['bytes']} bytes)")
+    print(f"manifest: {result['manifest']['uri'].removeprefix('file://')}")
+    print(f"timings: {result['timings']}")
+    return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
+    print(f"starting a local dance cluster in {STATE_DIR}")
+    services = Services()
+    try:
+        env, flower = start_cluster(services)
+        status = run_job(env)
+        print(f"Flower: {flower}")
+        if sys.stdin.isatty() and os.environ.get("DEMO_KEEP_RUNNING", "1") == "1":
+            print("\nthe cluster keeps running; press Ctrl-C to stop it")
+            signal.pause()
+        return status
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        print("stopping the cluster")
+        services.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""Celery configuration that producers and workers must agree on.
+
+Queue and priority list names on Redis derive from ``priority_steps`` and ``sep``, so both sides build
+their apps from this one function; the worker adds its own consumption settings on top.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+#: The task name producers send; the worker registers the task under it. Never import the task.
+TASK_NAME = "dance.generate"
+#: Priority a job gets when the caller gives none (0 runs first, 9 last). Redis treats a missing
+#: priority as 0, the highest, so without this every unprioritised job would jump the line.
+DEFAULT_PRIORITY = 5
+#: One Redis list per priority level; 0..9 matches the range producers may ask for.
+PRIORITY_STEPS = list(range(10))
+#: Separator between a queue name and its priority level in Redis list names.
+PRIORITY_SEPARATOR = ":"
+
+
+def shared_config(broker_url: str, result_backend: str, result_expires_s: int) -> dict[str, Any]:
+    return {
+        "broker_url": broker_url,
+        "result_backend": result_backend,
+        "broker_transport_options": {
+            "priority_steps": PRIORITY_STEPS,
+            "sep": PRIORITY_SEPARATOR,
+            "queue_order_strategy": "priority",
+        },
+        "result_backend_transport_options": {"retry_policy": {"timeout": 5.0}},
+        # JSON only: no pickle anywhere, in either direction.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_default_priority": DEFAULT_PRIORITY,
+        "task_send_sent_event": True,  # Flower shows queued jobs only when producers announce them
+        "task_track_started": True,
+        "result_extended": True,
+        "result_expires": result_expires_s,
+        "broker_connection_retry_on_startup": True,
+        "timezone": "UTC",
+    }
+
+
+def make_app(name: str, config: dict[str, Any]) -> Celery:
+    app = Celery(name, set_as_current=False)
+    app.conf.update(config)
+    return app

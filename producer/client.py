@@ -1,0 +1,213 @@
+"""The Python API services use to submit and follow dance jobs. The ``dance`` CLI calls only this.
+
+Submitting needs the broker URL and nothing of the worker: the task is sent by name.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import redis
+from celery.result import AsyncResult
+from kombu.exceptions import OperationalError
+
+from producer import keys
+from producer.celeryconf import TASK_NAME, make_app, shared_config
+from producer.errors import (
+    BROKER_UNREACHABLE,
+    JOB_CANCELLED,
+    JOB_MALFORMED_RESULT,
+    JOB_UNKNOWN,
+    JOB_WAIT_TIMEOUT,
+    DanceError,
+    error,
+)
+from producer.localmedia import stage_local_media
+from producer.redact import redact_url
+from producer.schema import check_job_id, check_priority, check_queue, check_timeout_s, parse_request
+from producer.settings import ProducerSettings
+
+#: Pause between two result-backend polls while waiting, in seconds.
+POLL_INTERVAL_S = 0.2
+#: How often a publish is retried when the broker does not answer.
+PUBLISH_MAX_RETRIES = 2
+#: States in which a job has ended.
+READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+
+ProgressCallback = Callable[[str, dict[str, Any] | None], None]
+
+
+class DanceClient:
+    """Submit and follow jobs on one broker. Cheap to build; close it when done."""
+
+    def __init__(self, settings: ProducerSettings) -> None:
+        self.settings = settings
+        self.app = make_app("dance-producer", shared_config(settings.broker_url, settings.result_backend, 0))
+        timeout = settings.broker_connect_timeout_s
+        self.redis = redis.Redis.from_url(settings.broker_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+    @classmethod
+    def from_env(cls) -> DanceClient:
+        return cls(ProducerSettings.from_env())
+
+    def close(self) -> None:
+        self.redis.close()
+        self.app.close()
+
+    def __enter__(self) -> DanceClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def submit(
+        self,
+        request: Mapping[str, Any],
+        *,
+        job_id: str | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        timeout_s: float | None = None,
+    ) -> JobHandle:
+        """Enqueue a dance job; a ``job_id`` seen before returns that job's handle and sends nothing."""
+        job_id = check_job_id(job_id) if job_id is not None else uuid.uuid4().hex
+        queue = check_queue(queue or self.settings.default_queue)
+        options: dict[str, Any] = {"task_id": job_id, "queue": queue, "routing_key": queue}
+        if priority is not None:
+            options["priority"] = check_priority(priority)
+        deadline_s = check_timeout_s(timeout_s) if timeout_s is not None else None
+        staged = stage_local_media(dict(request), job_id, self.settings.storage_url)
+        payload = parse_request(staged).to_payload()
+        if not self._claim(job_id, queue):
+            return JobHandle(self, job_id)
+        kwargs = {"request": payload, "deadline_s": deadline_s, "submitted_at": time.time()}
+        try:
+            self.app.send_task(
+                TASK_NAME, kwargs=kwargs, retry=True,
+                retry_policy={"max_retries": PUBLISH_MAX_RETRIES, "interval_start": 0.2, "interval_step": 0.5},
+                **options,
+            )
+        except OperationalError as exc:
+            self._guard(lambda: self.redis.delete(keys.submitted(job_id)))
+            raise self._unreachable(exc) from exc
+        return JobHandle(self, job_id)
+
+    def job(self, job_id: str) -> JobHandle:
+        return JobHandle(self, check_job_id(job_id))
+
+    def _claim(self, job_id: str, queue: str) -> bool:
+        """SET NX the submitted marker: only the first submit of a job id publishes it."""
+        claimed = self._guard(
+            lambda: self.redis.set(keys.submitted(job_id), queue, nx=True, ex=keys.JOB_KEY_TTL_S)
+        )
+        return bool(claimed)
+
+    def _guard(self, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except redis.RedisError as exc:
+            raise self._unreachable(exc) from exc
+
+    def _unreachable(self, exc: Exception) -> DanceError:
+        return error(
+            BROKER_UNREACHABLE, f"cannot reach the broker: {type(exc).__name__}: {exc}",
+            broker=redact_url(self.settings.broker_url),
+        )
+
+
+class JobHandle:
+    """One job: its id, state, progress, result, and a way to cancel it."""
+
+    def __init__(self, client: DanceClient, job_id: str) -> None:
+        self.client = client
+        self.id = job_id
+
+    def _async(self) -> AsyncResult:
+        return AsyncResult(self.id, app=self.client.app)
+
+    def status(self) -> str:
+        """Celery's state, plus ``REQUEUED`` and ``PROGRESS``; ``UNKNOWN`` for an id never submitted."""
+        state = str(self.client._guard(lambda: self._async().state))
+        if state == "PENDING" and not self.client._guard(lambda: self.client.redis.exists(keys.submitted(self.id))):
+            return "UNKNOWN"
+        return state
+
+    def progress(self) -> dict[str, Any] | None:
+        """The latest progress meta (stage, node, value, max, percent) while the job runs."""
+        result = self._async()
+        state = self.client._guard(lambda: result.state)
+        info = self.client._guard(lambda: result.info)
+        return info if state == "PROGRESS" and isinstance(info, dict) else None
+
+    def result(self, timeout_s: float | None = None, on_progress: ProgressCallback | None = None) -> dict[str, Any]:
+        """Wait for the job; return its result dict or raise the job's :class:`DanceError`."""
+        limit = self.client.settings.wait_timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + limit
+        last: tuple[str, Any] | None = None
+        while True:
+            result = self._async()
+            state = self.client._guard(lambda: result.state)
+            if state in READY_STATES:
+                return self._settled(state, result)
+            info = self.client._guard(lambda: result.info) if state in ("PROGRESS", "REQUEUED") else None
+            if on_progress is not None and (state, info) != last:
+                on_progress(state, info if isinstance(info, dict) else None)
+                last = (state, info)
+            if state == "PENDING" and last is None and self.status() == "UNKNOWN":
+                raise error(JOB_UNKNOWN, f"no job {self.id} was submitted to this broker", job_id=self.id)
+            if time.monotonic() >= deadline:
+                raise error(JOB_WAIT_TIMEOUT, f"job {self.id} did not finish within {limit:g}s (state {state})",
+                            job_id=self.id, state=state)
+            time.sleep(POLL_INTERVAL_S)
+
+    def _settled(self, state: str, result: AsyncResult) -> dict[str, Any]:
+        value = self.client._guard(lambda: result.result)
+        if state == "SUCCESS" and isinstance(value, dict):
+            return value
+        if state == "REVOKED":
+            raise error(JOB_CANCELLED, f"job {self.id} was cancelled", job_id=self.id)
+        if isinstance(value, DanceError):
+            raise value
+        raise error(JOB_MALFORMED_RESULT, f"job {self.id} ended {state} with {type(value).__name__}: {value}",
+                    job_id=self.id, state=state)
+
+    def cancel(self) -> str:
+        """Cancel the job and return its state afterwards.
+
+        A queued job is marked REVOKED at once and dropped by whichever worker meets it (the Redis
+        marker covers workers that missed the revoke broadcast, e.g. started later). A running job
+        interrupts its own ComfyUI prompt and ends REVOKED. A finished job is left as it is.
+        """
+        state = self.status()
+        if state in READY_STATES:
+            return state
+        if state == "UNKNOWN":
+            raise error(JOB_UNKNOWN, f"no job {self.id} was submitted to this broker", job_id=self.id)
+        self.client._guard(lambda: self.client.redis.set(keys.cancelled(self.id), "1", ex=keys.JOB_KEY_TTL_S))
+        try:
+            self.client.app.control.revoke(self.id, terminate=True, signal="SIGTERM")
+        except OperationalError as exc:
+            raise self.client._unreachable(exc) from exc
+        if state in ("PENDING", "REQUEUED"):
+            self.client._guard(lambda: self.client.app.backend.mark_as_revoked(self.id, "cancelled"))
+        return self.status()
+
+
+def submit(
+    request: Mapping[str, Any],
+    *,
+    job_id: str | None = None,
+    queue: str | None = None,
+    priority: int | None = None,
+    timeout_s: float | None = None,
+    client: DanceClient | None = None,
+) -> JobHandle:
+    """Submit with a client built from the environment (or the one given)."""
+    client = client or DanceClient.from_env()
+    return client.submit(request, job_id=job_id, queue=queue, priority=priority, timeout_s=timeout_s)
+
+
+__all__ = ["DanceClient", "JobHandle", "submit"]

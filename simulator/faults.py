@@ -1,0 +1,184 @@
+"""Test hooks that are not part of ComfyUI: armed faults and a summary of what the simulator saw.
+
+Faults are armed with POST /__sim__/faults and are one-shot unless ``"sticky": true``:
+
+- ``{"hold": true, "hold_class": "WanVideoSamplerv2"}``: that node blocks until POST /__sim__/release,
+  right after its first ``progress`` frame (for a class that never reports progress: right after its
+  ``executing`` frame). A release that comes first lets the next hold pass at once. Sticky holds stop
+  every run of the class once.
+- ``{"fail_class": C, "exception_type": "torch.OutOfMemoryError", "exception_message": M}``: node class C
+  raises that exception when it starts, giving a normal ``execution_error``.
+- ``{"drop_websockets_at": EVENT}``: every websocket is cut (no close frame) when the executor first
+  emits EVENT (``progress``, ``executing``, ``executed``, ``execution_start``...); the prompt keeps running.
+  ``EVENT:Class`` (``progress:WanVideoSamplerv2``) waits for that event from that node class.
+- ``{"crash_at": EVENT}``: the process dies with ``os._exit(137)`` at EVENT (same forms), as a SIGKILL
+  would leave it.
+- ``{"exec_s": S}``: the sampler's simulated duration from now on.
+- ``{"clear": true}``: disarm everything.
+"""
+
+from __future__ import annotations
+
+import builtins
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+#: The class a bare ``{"hold": true}`` holds: the dance workflow's heavy node.
+DEFAULT_HOLD_CLASS = "WanVideoSamplerv2"
+#: Exit status of a crash, the one a SIGKILL'd process reports to a shell.
+CRASH_EXIT_STATUS = 137
+#: Keys POST /__sim__/faults accepts.
+FAULT_KEYS = frozenset(
+    {
+        "hold",
+        "hold_class",
+        "fail_class",
+        "exception_type",
+        "exception_message",
+        "drop_websockets_at",
+        "crash_at",
+        "exec_s",
+        "sticky",
+        "clear",
+    }
+)
+
+
+class FaultSpecError(ValueError):
+    """A POST /__sim__/faults body the simulator does not understand (answered with 400)."""
+
+
+@dataclass
+class SimState:
+    """What GET /__sim__/state reports (plus ``running``, ``held`` and the registered ``sockets``)."""
+
+    #: POST /prompt requests that reached the handler, accepted or not.
+    prompts_received: int = 0
+    #: Ids of prompts whose execution ended (success, error or interrupt), in order.
+    executed: list[str] = field(default_factory=list)
+    #: POST /interrupt requests.
+    interrupts: int = 0
+    #: Names (with subfolder) that POST /upload/image answered with.
+    uploads: list[str] = field(default_factory=list)
+
+
+class Faults:
+    """Armed faults, shared by the HTTP handlers and the executor thread."""
+
+    def __init__(self, exec_s: float) -> None:
+        self._lock = threading.Lock()
+        self._released = threading.Event()
+        self._armed: dict[str, dict[str, Any]] = {}
+        self.exec_s = exec_s
+        self.held = False
+        self.state = SimState()
+
+    def arm(self, spec: Any) -> dict[str, Any]:
+        if not isinstance(spec, dict) or not set(spec) <= FAULT_KEYS:
+            raise FaultSpecError(f"expected a JSON object with keys among {sorted(FAULT_KEYS)}")
+        sticky = bool(spec.get("sticky", False))
+        with self._lock:
+            if spec.get("clear"):
+                self._armed.clear()
+            if "exec_s" in spec:
+                self.exec_s = float(spec["exec_s"])
+            if spec.get("hold"):
+                self._armed["hold"] = {"class": spec.get("hold_class", DEFAULT_HOLD_CLASS), "sticky": sticky}
+            if "fail_class" in spec:
+                self._armed["fail"] = {
+                    "class": spec["fail_class"],
+                    "sticky": sticky,
+                    "type": spec.get("exception_type", "RuntimeError"),
+                    "message": spec.get("exception_message", "simulated failure"),
+                }
+            for key in ("drop_websockets_at", "crash_at"):
+                if key in spec:
+                    self._armed[key] = {"event": spec[key], "sticky": sticky}
+            return self.describe()
+
+    def describe(self) -> dict[str, Any]:
+        return {"armed": {name: dict(value) for name, value in self._armed.items()}, "exec_s": self.exec_s}
+
+    def _take(self, name: str) -> dict[str, Any] | None:
+        fault = self._armed.get(name)
+        if fault is not None and not fault["sticky"]:
+            del self._armed[name]
+        return fault
+
+    def at_event(self, event: str, class_type: str | None) -> tuple[bool, bool]:
+        """(drop every socket now, crash now) for an event the executor is about to emit."""
+        names = {event, f"{event}:{class_type}"}
+        with self._lock:
+            drop = self._armed.get("drop_websockets_at", {}).get("event") in names
+            crash = self._armed.get("crash_at", {}).get("event") in names
+            if drop:
+                self._take("drop_websockets_at")
+            return drop, crash
+
+    def failure_for(self, class_type: str) -> Exception | None:
+        with self._lock:
+            fault = self._armed.get("fail")
+            if fault is None or fault["class"] != class_type:
+                return None
+            self._take("fail")
+        return make_exception(str(fault["type"]), str(fault["message"]))
+
+    def wants_hold(self, class_type: str) -> bool:
+        with self._lock:
+            fault = self._armed.get("hold")
+            if fault is None or fault["class"] != class_type:
+                return False
+            self._take("hold")
+            return True
+
+    def hold(self) -> None:
+        """Block until released; consumes the release."""
+        self.held = True
+        try:
+            self._released.wait()
+            self._released.clear()
+        finally:
+            self.held = False
+
+    def release(self) -> None:
+        self._released.set()
+
+    def record(
+        self,
+        *,
+        prompt: bool = False,
+        interrupt: bool = False,
+        upload: str | None = None,
+        executed: str | None = None,
+    ) -> None:
+        with self._lock:
+            self.state.prompts_received += int(prompt)
+            self.state.interrupts += int(interrupt)
+            if upload is not None:
+                self.state.uploads.append(upload)
+            if executed is not None:
+                self.state.executed.append(executed)
+
+    def snapshot(self, running: str | None) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "prompts_received": self.state.prompts_received,
+                "executed": list(self.state.executed),
+                "interrupts": self.state.interrupts,
+                "uploads": list(self.state.uploads),
+                "running": running,
+                "held": self.held,
+            }
+
+
+def make_exception(type_name: str, message: str) -> Exception:
+    """An exception whose ``module.QualName`` is ``type_name``, so execution_error reports it verbatim."""
+    module, _, name = type_name.rpartition(".")
+    builtin = getattr(builtins, name, None)
+    if not module and isinstance(builtin, type) and issubclass(builtin, Exception):
+        return builtin(message)
+    klass: type[Exception] = type(
+        name, (Exception,), {"__module__": module or "builtins", "__qualname__": name}
+    )
+    return klass(message)

@@ -1,0 +1,271 @@
+"""The HTTP and WebSocket server: ComfyUI's routes (each also under /api) plus the /__sim__ test hooks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from PIL import Image
+
+from simulator.catalog import Catalog
+from simulator.execution import PromptExecutor
+from simulator.faults import Faults, FaultSpecError
+from simulator.files import FileRoutes
+from simulator.messages import Messenger
+from simulator.node_call import InterruptFlag
+from simulator.paths import Dirs
+from simulator.prompt_queue import PromptQueue
+from simulator.settings import SimSettings
+from simulator.stats import system_stats
+from simulator.validation import PromptValidator
+from simulator.worker import PromptWorker
+
+log = logging.getLogger("simulator.server")
+
+#: The page GET / serves (the real one is the frontend's index.html).
+INDEX_HTML = (
+    '<!doctype html><html lang="en"><head><meta charset="UTF-8"><title>ComfyUI</title></head>'
+    '<body class="litegraph grid"><div id="vue-app"></div></body></html>'
+)
+#: Size and colour of the example.png a fresh input folder gets.
+EXAMPLE_IMAGE_PX = 64
+EXAMPLE_IMAGE_RGB = (120, 120, 120)
+NO_PROMPT_ERROR = {
+    "type": "no_prompt",
+    "message": "No prompt provided",
+    "details": "No prompt provided",
+    "extra_info": {},
+}
+
+
+@dataclass
+class Services:
+    catalog: Catalog
+    queue: PromptQueue
+    messenger: Messenger
+    executor: PromptExecutor
+    faults: Faults
+    interrupt: InterruptFlag
+    settings: SimSettings
+
+
+class ComfyRoutes:
+    """ComfyUI's JSON endpoints; bodies and status codes as recorded in 09, 10, 14, 17 and 18."""
+
+    def __init__(self, services: Services) -> None:
+        self.s = services
+        self.validator = PromptValidator(services.catalog)
+        self.number = 0
+
+    async def post_prompt(self, request: web.Request) -> web.Response:
+        self.s.faults.record(prompt=True)
+        json_data: Any = await request.json()
+        if "number" in json_data:
+            number: Any = float(json_data["number"])
+        else:
+            number = self.number
+            if _truthy_member(json_data, "front"):
+                number = -number
+            self.number += 1
+        if "prompt" not in json_data:
+            return web.json_response({"error": NO_PROMPT_ERROR, "node_errors": {}}, status=400)
+        prompt = json_data["prompt"]
+        valid, error, outputs, node_errors = self.validator.validate_prompt(prompt)
+        extra_data = json_data.get("extra_data", {})
+        if "client_id" in json_data:
+            extra_data["client_id"] = json_data["client_id"]
+        if not valid:
+            log.warning("invalid prompt: %s", error)
+            return web.json_response({"error": error, "node_errors": node_errors}, status=400)
+        prompt_id = str(uuid.uuid4())
+        self.s.queue.put((number, prompt_id, prompt, extra_data, outputs))
+        return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": node_errors})
+
+    async def get_prompt(self, request: web.Request) -> web.Response:
+        return web.json_response(queue_info(self.s.queue))
+
+    async def get_queue(self, request: web.Request) -> web.Response:
+        running, pending = self.s.queue.current()
+        return web.json_response({"queue_running": running, "queue_pending": pending})
+
+    async def post_queue(self, request: web.Request) -> web.Response:
+        json_data: Any = await request.json()
+        if _truthy_member(json_data, "clear"):
+            self.s.queue.wipe_queue()
+        if "delete" in json_data:
+            for prompt_id in json_data["delete"]:
+                self.s.queue.delete_queue_item(prompt_id)
+        return web.Response(status=200)
+
+    async def post_interrupt(self, request: web.Request) -> web.Response:
+        # The body is ignored in 0.3.39, even one that is not JSON (16, 18).
+        self.s.interrupt.set()
+        self.s.faults.record(interrupt=True)
+        return web.Response(status=200)
+
+    async def post_free(self, request: web.Request) -> web.Response:
+        json_data: Any = await request.json()
+        for flag in ("unload_models", "free_memory"):
+            if json_data.get(flag, False):
+                self.s.queue.set_flag(flag, json_data[flag])
+        return web.Response(status=200)
+
+    async def get_history(self, request: web.Request) -> web.Response:
+        max_items = request.rel_url.query.get("max_items")
+        limit = int(max_items) if max_items is not None else None
+        return web.json_response(self.s.queue.get_history(max_items=limit))
+
+    async def get_history_item(self, request: web.Request) -> web.Response:
+        return web.json_response(self.s.queue.get_history(prompt_id=request.match_info["prompt_id"]))
+
+    async def post_history(self, request: web.Request) -> web.Response:
+        json_data: Any = await request.json()
+        if _truthy_member(json_data, "clear"):
+            self.s.queue.wipe_history()
+        if "delete" in json_data:
+            for prompt_id in json_data["delete"]:
+                self.s.queue.delete_history_item(prompt_id)
+        return web.Response(status=200)
+
+    async def object_info(self, request: web.Request) -> web.Response:
+        return web.json_response(self.s.catalog.all_info())
+
+    async def object_info_node(self, request: web.Request) -> web.Response:
+        node_class = request.match_info["node_class"]
+        out = {node_class: self.s.catalog.info(node_class)} if self.s.catalog.has(node_class) else {}
+        return web.json_response(out)
+
+    async def system_stats(self, request: web.Request) -> web.Response:
+        return web.json_response(system_stats(self.s.settings.device, _comfy_argv(self.s.settings)))
+
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response(self.s.catalog.model_folders())
+
+    async def model_files(self, request: web.Request) -> web.Response:
+        files = self.s.catalog.model_files(request.match_info["folder"])
+        return web.Response(status=404) if files is None else web.json_response(files)
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        return web.json_response([])
+
+
+class SimRoutes:
+    """/__sim__/: fault injection and introspection for tests; never part of ComfyUI."""
+
+    def __init__(self, services: Services) -> None:
+        self.s = services
+
+    async def faults(self, request: web.Request) -> web.Response:
+        try:
+            return web.json_response(self.s.faults.arm(await request.json()))
+        except (FaultSpecError, json.JSONDecodeError, TypeError, ValueError) as ex:
+            return web.json_response({"error": str(ex)}, status=400)
+
+    async def release(self, request: web.Request) -> web.Response:
+        self.s.faults.release()
+        return web.json_response({"released": True})
+
+    async def state(self, request: web.Request) -> web.Response:
+        snapshot = self.s.faults.snapshot(self.s.queue.running_prompt_id())
+        snapshot["sockets"] = sorted(self.s.messenger.sockets)
+        return web.json_response(snapshot)
+
+
+def _truthy_member(body: Any, key: str) -> bool:
+    """``key in body and body[key]``: ComfyUI tests membership first, so a JSON list body is not an error."""
+    if key not in body:
+        return False
+    return bool(body[key])
+
+
+def queue_info(queue: PromptQueue) -> dict[str, Any]:
+    return {"exec_info": {"queue_remaining": queue.tasks_remaining()}}
+
+
+def _comfy_argv(settings: SimSettings) -> list[str]:
+    """The argv a real ComfyUI started for this role would report."""
+    argv = ["main.py", "--listen", settings.host, "--port", str(settings.port), "--disable-auto-launch"]
+    return ["main.py", "--cpu", *argv[1:]] if settings.device == "cpu" else argv
+
+
+def build_app(services: Services, web_root: Path) -> web.Application:
+    comfy = ComfyRoutes(services)
+    files = FileRoutes(services.catalog.dirs, services.faults)
+    routes = [
+        ("GET", "/ws", services.messenger.handle_ws),
+        ("GET", "/prompt", comfy.get_prompt),
+        ("POST", "/prompt", comfy.post_prompt),
+        ("GET", "/queue", comfy.get_queue),
+        ("POST", "/queue", comfy.post_queue),
+        ("POST", "/interrupt", comfy.post_interrupt),
+        ("POST", "/free", comfy.post_free),
+        ("GET", "/history", comfy.get_history),
+        ("GET", "/history/{prompt_id}", comfy.get_history_item),
+        ("POST", "/history", comfy.post_history),
+        ("GET", "/object_info", comfy.object_info),
+        ("GET", "/object_info/{node_class}", comfy.object_info_node),
+        ("GET", "/system_stats", comfy.system_stats),
+        ("GET", "/models", comfy.models),
+        ("GET", "/models/{folder}", comfy.model_files),
+        ("GET", "/embeddings", comfy.embeddings),
+        ("POST", "/upload/image", files.upload_image),
+        ("GET", "/view", files.view),
+    ]
+    app = web.Application(client_max_size=services.settings.max_upload_bytes)
+    sim = SimRoutes(services)
+    app.router.add_post("/__sim__/faults", sim.faults)
+    app.router.add_post("/__sim__/release", sim.release)
+    app.router.add_get("/__sim__/state", sim.state)
+    for method, path, handler in routes:
+        app.router.add_route(method, "/api" + path, handler)
+    for method, path, handler in routes:
+        app.router.add_route(method, path, handler)
+    index = web_root / "index.html"
+
+    async def root(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(
+            index, headers={"Cache-Control": "no-cache", "Pragma": "no-cache", "Expires": "0"}
+        )
+
+    app.router.add_get("/", root)
+    # Unknown GET paths fall through to the static web root, which answers 404 with an empty
+    # application/octet-stream body, exactly as the recorded /features request shows (09).
+    app.router.add_static("/", web_root)
+    return app
+
+
+def ensure_example_image(dirs: Dirs) -> None:
+    """A fresh ComfyUI checkout ships input/example.png; LoadImage lists it (02_upload)."""
+    path = os.path.join(dirs.input_dir, "example.png")
+    if not os.path.exists(path):
+        Image.new("RGB", (EXAMPLE_IMAGE_PX, EXAMPLE_IMAGE_PX), EXAMPLE_IMAGE_RGB).save(path)
+
+
+def build_services(
+    settings: SimSettings, data_dir: Path, loop: asyncio.AbstractEventLoop
+) -> tuple[Services, Path]:
+    dirs = Dirs.under(data_dir)
+    ensure_example_image(dirs)
+    web_root = data_dir / "web"
+    os.makedirs(web_root, exist_ok=True)
+    (web_root / "index.html").write_text(INDEX_HTML, encoding="utf-8")
+    catalog = Catalog.load(
+        settings.catalog, dirs, settings.missing_nodes, settings.missing_models, settings.catalog_dir
+    )
+    # The messenger reports the queue's size and the queue announces changes through the messenger;
+    # the closure reads ``queue`` only once both exist.
+    messenger = Messenger(loop, lambda: queue_info(queue))
+    queue = PromptQueue(messenger.queue_updated)
+    faults = Faults(settings.exec_s)
+    interrupt = InterruptFlag()
+    executor = PromptExecutor(catalog, messenger, faults, interrupt)
+    services = Services(catalog, queue, messenger, executor, faults, interrupt, settings)
+    PromptWorker(queue, executor, messenger, faults).start()
+    return services, web_root

@@ -1,0 +1,62 @@
+"""The prompt worker thread (main.prompt_worker): one prompt at a time, then the POST /free flags."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from simulator.execution import PromptExecutor
+from simulator.faults import Faults
+from simulator.messages import Messenger
+from simulator.prompt_queue import PromptQueue
+
+log = logging.getLogger("simulator.worker")
+
+#: How long the worker sleeps on an empty queue before looking at flags again, in seconds (ComfyUI: 1000).
+IDLE_WAKE_S = 1000.0
+
+
+class PromptWorker(threading.Thread):
+    def __init__(
+        self, queue: PromptQueue, executor: PromptExecutor, messenger: Messenger, faults: Faults
+    ) -> None:
+        super().__init__(name="prompt-worker", daemon=True)
+        self._queue = queue
+        self._executor = executor
+        self._messenger = messenger
+        self._faults = faults
+
+    def run(self) -> None:
+        while True:
+            got = self._queue.get(timeout_s=IDLE_WAKE_S)
+            if got is not None:
+                self._run_one(*got)
+            flags = self._queue.take_flags()
+            free_memory = flags.get("free_memory", False)
+            if flags.get("unload_models", free_memory):
+                self._executor.unload_models()
+            if free_memory:
+                self._executor.reset()
+
+    def _run_one(self, item: tuple, task_id: int) -> None:  # type: ignore[type-arg]
+        started = time.perf_counter()
+        prompt_id = item[1]
+        try:
+            self._executor.execute(item[2], prompt_id, item[3], item[4])
+        except Exception:
+            # A simulator bug must not kill the worker thread and hang every later prompt.
+            log.exception("simulator failed while executing %s", prompt_id)
+            self._executor.success = False
+        executor = self._executor
+        status = {
+            "status_str": "success" if executor.success else "error",
+            "completed": executor.success,
+            "messages": [list(message) for message in executor.status_messages],
+        }
+        self._queue.task_done(task_id, executor.history_result, status)
+        self._faults.record(executed=prompt_id)
+        client_id = self._messenger.client_id
+        if client_id is not None:
+            self._messenger.send_sync("executing", {"node": None, "prompt_id": prompt_id}, client_id)
+        log.info("Prompt executed in %.2f seconds", time.perf_counter() - started)

@@ -1,0 +1,84 @@
+"""The worker's Celery app: ``celery -A worker.app worker`` and ``dance worker`` both start it.
+
+Settings are read from the environment when Celery first configures the app (at worker start), not
+at import. The readiness gate and the cooperative pool are part of the app itself, so the gate holds
+however the worker is started.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from producer.celeryconf import shared_config
+from worker.gate import ComfyGate
+from worker.liveness import Liveness
+from worker.runtime import RuntimeStep
+from worker.settings import WorkerSettings
+
+#: The thread pool that can cancel its job (worker/pool.py), chosen by config so a plain
+#: ``celery -A worker.app worker`` uses it too (the CLI's -P accepts no module paths).
+POOL = "worker.pool:TaskPool"
+#: Seconds between kombu's sweeps that return expired unacked messages; with a throttle of 1 every
+#: sweep scans, so a dead worker's job returns at the visibility timeout, not up to ~100 s later.
+UNACKED_RESTORE_INTERVAL_S = 10
+
+
+def worker_config(settings: WorkerSettings) -> dict[str, Any]:
+    config = shared_config(settings.broker_url, settings.result_backend, settings.result_expires_s)
+    config["broker_transport_options"] = {
+        **config["broker_transport_options"],
+        # celery#5935: a job still running at the visibility timeout is redelivered to another worker,
+        # so it must exceed the longest deadline (checked in WorkerSettings).
+        "visibility_timeout": settings.visibility_timeout_s,
+        "unacked_restore_interval": UNACKED_RESTORE_INTERVAL_S,
+        "unacked_restore_throttle": 1,
+    }
+    config.update({
+        "dance_settings": settings,
+        "task_queues": [Queue(name, routing_key=name) for name in settings.queues],
+        "task_default_queue": settings.queues[0],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_concurrency": 1,
+        "worker_pool": POOL,
+        "worker_send_task_events": True,
+        # A redelivered job whose result already says SUCCESS is not run again.
+        "worker_deduplicate_successful_tasks": True,
+        # celery-on-redis.md §3: on a broker connection loss the job is redelivered elsewhere, so the
+        # local copy must stop (the pool cancels cooperatively).
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+    })
+    return config
+
+
+class WorkerConfig(Mapping[str, Any]):
+    """Celery configuration computed from the environment on first access."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, Any] | None = None
+
+    def _load(self) -> dict[str, Any]:
+        if self._data is None:
+            self._data = worker_config(WorkerSettings.from_env())
+        return self._data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._load()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._load())
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+
+app = Celery("dance", include=["worker.task"], set_as_current=False)
+app.config_from_object(WorkerConfig())
+app.steps["worker"].add(RuntimeStep)
+app.steps["consumer"].add(ComfyGate)
+app.steps["consumer"].add(Liveness)

@@ -1,0 +1,236 @@
+"""Run one prompt on ComfyUI to an outcome, whatever the WebSocket does.
+
+The WebSocket gives progress and the fast "done" signal; ``/history/<prompt_id>`` is the authority on
+the outcome and the outputs (it also lists cached outputs: 03b_basic_resubmit_identical.json). A drop of
+the socket never hangs a job: we reconnect with backoff and poll the history meanwhile, and even a
+connected socket is double-checked against the history now and then, because a missed completion
+event hung the original endpoint's jobs forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from producer.errors import (
+    COMFY_EXECUTION_ERROR,
+    COMFY_INTERRUPTED,
+    COMFY_PROTOCOL,
+    JOB_CANCELLED,
+    JOB_DEADLINE,
+    ComfyUnavailable,
+    error,
+)
+from worker.backoff import Backoff
+from worker.comfy_http import ComfyHttp, OutputFile
+from worker.comfy_ws import Event, EventSocket
+
+log = logging.getLogger(__name__)
+
+#: Longest a single socket read blocks, in seconds; bounds how fast a cancel or deadline is seen.
+RECV_SLICE_S = 0.25
+#: How often the history is checked while the socket is connected but quiet, in seconds.
+HISTORY_SAFETY_POLL_S = 5.0
+#: How often the history is polled while the socket is down, in seconds.
+HISTORY_FALLBACK_POLL_S = 0.5
+#: Reconnect delays after a WebSocket drop.
+RECONNECT_BACKOFF = Backoff(base_s=0.2, cap_s=5.0)
+#: Output keys whose items are files; anything else in ``outputs`` (``animated: [true]``, text) is skipped.
+_TEMP_TYPE = "temp"
+
+ProgressCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class PromptOutcome:
+    prompt_id: str
+    outputs: list[OutputFile]
+    cached_nodes: tuple[str, ...]
+    execute_s: float
+
+
+@dataclass
+class Tracker:
+    """What the socket told us about our prompt so far."""
+
+    prompt_id: str
+    done: bool = False
+    started_at: float | None = None
+    node: str | None = None
+    cached_nodes: list[str] = field(default_factory=list)
+
+    def feed(self, event: Event, on_progress: ProgressCallback) -> None:
+        data = event.data
+        if data.get("prompt_id") not in (None, self.prompt_id):
+            return  # another client's prompt; ComfyUI only targets ours, but status frames are shared
+        if event.type == "execution_start":
+            self.started_at = time.monotonic()
+        elif event.type == "execution_cached" and data.get("prompt_id") == self.prompt_id:
+            self.cached_nodes = [str(n) for n in data.get("nodes") or []]
+        elif event.type == "executing":
+            self._executing(data, on_progress)
+        elif event.type == "progress" and data.get("prompt_id") == self.prompt_id:
+            value, maximum = int(data.get("value") or 0), int(data.get("max") or 0)
+            percent = round(100.0 * value / maximum, 1) if maximum else 0.0
+            on_progress({"node": str(data.get("node")), "value": value, "max": maximum, "percent": percent})
+
+    def _executing(self, data: dict[str, Any], on_progress: ProgressCallback) -> None:
+        node = data.get("node")
+        if node is None:
+            # The "done" signal: it follows success, errors and interrupts alike, after the history
+            # entry has been written (03_basic.ws.jsonl).
+            if data.get("prompt_id") == self.prompt_id:
+                self.done = True
+            return
+        # A reconnect replays the current node without prompt_id (19_two_clients.A2_reconnect).
+        self.node = str(node)
+        on_progress({"node": self.node, "value": 0, "max": 0, "percent": 0.0})
+
+
+class PromptRun:
+    """Drive one submitted prompt to its outcome within ``deadline`` (a monotonic time)."""
+
+    def __init__(
+        self, http: ComfyHttp, sock: EventSocket, prompt_id: str, deadline: float,
+        cancel: threading.Event, on_progress: ProgressCallback,
+    ) -> None:
+        self.http, self.sock, self.prompt_id = http, sock, prompt_id
+        self.deadline, self.cancel, self.on_progress = deadline, cancel, on_progress
+        self.tracker = Tracker(prompt_id)
+        self._drops = 0
+        self._next_history_check = time.monotonic() + HISTORY_SAFETY_POLL_S
+
+    def wait(self) -> PromptOutcome:
+        submitted_at = time.monotonic()
+        entry = None
+        while entry is None:
+            self._check_stop()
+            if self.sock.connected:
+                self._read_socket()
+            else:
+                self._reconnect_or_poll()
+            if self.tracker.done or time.monotonic() >= self._next_history_check:
+                entry = self._history_when_complete()
+        started = self.tracker.started_at or submitted_at
+        return PromptOutcome(
+            prompt_id=self.prompt_id,
+            outputs=interpret_history(self.prompt_id, entry),
+            cached_nodes=tuple(self.tracker.cached_nodes),
+            execute_s=time.monotonic() - started,
+        )
+
+    def _check_stop(self) -> None:
+        if self.cancel.is_set():
+            self.stop_prompt()
+            raise error(JOB_CANCELLED, "the job was cancelled while ComfyUI ran it", prompt_id=self.prompt_id)
+        if time.monotonic() >= self.deadline:
+            self.stop_prompt()
+            raise error(
+                JOB_DEADLINE, "the job ran past its execution deadline; its prompt was interrupted",
+                prompt_id=self.prompt_id,
+            )
+
+    def _read_socket(self) -> None:
+        slice_s = min(RECV_SLICE_S, max(self.deadline - time.monotonic(), 0.0))
+        try:
+            event = self.sock.recv(slice_s)
+        except ComfyUnavailable:
+            self._drops += 1
+            log.warning("ComfyUI WebSocket dropped during prompt %s; polling /history", self.prompt_id)
+            self._next_history_check = time.monotonic()
+            return
+        if event is not None:
+            self.tracker.feed(event, self.on_progress)
+
+    def _reconnect_or_poll(self) -> None:
+        # The HTTP side tells a dead ComfyUI (refused: raise at once, the job goes back to the
+        # queue) from a dropped socket (history answers: keep polling while reconnecting).
+        entry = self.http.history(self.prompt_id)
+        if entry is not None and _complete(entry):
+            self.tracker.done = True
+            return
+        try:
+            self.sock.connect()
+            log.info("ComfyUI WebSocket reconnected for prompt %s", self.prompt_id)
+        except ComfyUnavailable:
+            pause = min(RECONNECT_BACKOFF.delay_s(self._drops), HISTORY_FALLBACK_POLL_S)
+            self._drops += 1
+            self.cancel.wait(max(0.0, min(pause, self.deadline - time.monotonic())))
+
+    def _history_when_complete(self) -> dict[str, Any] | None:
+        self._next_history_check = time.monotonic() + HISTORY_SAFETY_POLL_S
+        entry = self.http.history(self.prompt_id)
+        if entry is not None and _complete(entry):
+            return entry
+        if self.tracker.done:
+            # "done" arrived but no entry: the history was cleared behind our back.
+            raise error(COMFY_PROTOCOL, "ComfyUI finished the prompt but kept no history for it",
+                        prompt_id=self.prompt_id)
+        return None
+
+    def stop_prompt(self) -> None:
+        """Interrupt our prompt if it runs, or drop it from the queue if it waits; never someone else's."""
+        try:
+            queue = self.http.queue()
+            running = {str(item[1]) for item in queue.get("queue_running", []) if len(item) > 1}
+            pending = {str(item[1]) for item in queue.get("queue_pending", []) if len(item) > 1}
+            if self.prompt_id in pending:
+                self.http.delete_queued([self.prompt_id])
+            elif self.prompt_id in running:
+                # 0.3.39's /interrupt stops whatever runs; we checked that it is ours just above.
+                self.http.interrupt()
+        except ComfyUnavailable:
+            log.warning("could not stop prompt %s: ComfyUI unreachable", self.prompt_id)
+
+
+def _complete(entry: dict[str, Any]) -> bool:
+    status = entry.get("status")
+    # An entry exists only once the prompt ended; the status block is there in 0.3.39.
+    return isinstance(status, dict) and status.get("status_str") in ("success", "error")
+
+
+def interpret_history(prompt_id: str, entry: dict[str, Any]) -> list[OutputFile]:
+    """Outputs of a successful history entry, or the permanent error a failed one carries."""
+    status = entry.get("status") or {}
+    messages = status.get("messages") or []
+    if status.get("status_str") != "success":
+        for kind, data in reversed(messages):
+            if kind == "execution_error":
+                raise error(
+                    COMFY_EXECUTION_ERROR,
+                    f"node {data.get('node_id')} ({data.get('node_type')}) raised "
+                    f"{data.get('exception_type')}: {data.get('exception_message', '').strip()}",
+                    prompt_id=prompt_id, node_id=data.get("node_id"), node_type=data.get("node_type"),
+                    exception_type=data.get("exception_type"),
+                    exception_message=data.get("exception_message"),
+                    traceback=(data.get("traceback") or [])[-3:],
+                )
+            if kind == "execution_interrupted":
+                raise error(COMFY_INTERRUPTED, "ComfyUI interrupted the prompt (not this job's doing)",
+                            prompt_id=prompt_id, node_id=data.get("node_id"))
+        raise error(COMFY_EXECUTION_ERROR, "ComfyUI reports the prompt failed", prompt_id=prompt_id)
+    return collect_outputs(entry.get("outputs") or {})
+
+
+def collect_outputs(outputs: dict[str, Any]) -> list[OutputFile]:
+    """Saved files of every output node: ``images``, VHS ``gifs``, videos...; ``temp`` previews skipped."""
+    files: list[OutputFile] = []
+    for node_id, node_output in outputs.items():
+        if not isinstance(node_output, dict):
+            continue
+        for key, items in node_output.items():
+            if not isinstance(items, list):
+                continue
+            for item in items:
+                if not isinstance(item, dict) or "filename" not in item or item.get("type") == _TEMP_TYPE:
+                    continue
+                files.append(OutputFile(
+                    node_id=str(node_id), key=str(key), filename=str(item["filename"]),
+                    subfolder=str(item.get("subfolder") or ""), type=str(item.get("type") or "output"),
+                    format=item.get("format"),
+                ))
+    return files

@@ -1,0 +1,177 @@
+"""The readiness gate: a consumer bootstep that keeps task queues detached until ComfyUI is ready.
+
+Contract:
+
+* It starts after the ``Tasks`` step built the task consumer and before the event loop consumes, and
+  again after every broker reconnect; while ComfyUI is not ready it cancels every task queue, so the
+  worker reserves nothing (a message queued meanwhile stays in Redis for a ready worker to take).
+* It never blocks the event loop: a probe thread decides readiness, and a hub timer attaches or
+  detaches the queues, so every kombu call runs on the loop's thread. Ping, heartbeats, remote control
+  and warm shutdown keep working while it waits (shared/notes/celery-on-redis.md §1: blocking gates
+  hide the worker from ping and Flower and ignore SIGTERM).
+* It holds Celery's ``worker_ready`` signal (and the "ready." log line that comes with it) until the
+  first time ComfyUI is ready: the consumer's ``init_callback`` is taken away and called on attach.
+* If ComfyUI is not ready within ``ready_timeout_s`` it stops the worker with exit code
+  :data:`EXIT_NEVER_READY`, having reserved nothing.
+* Once ready, it keeps probing; a job that sees ComfyUI die calls :meth:`ComfyGate.mark_down` so the
+  queues detach before the job hands its message back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from celery import bootsteps
+from celery.worker import state as worker_state
+
+from worker.backoff import Backoff
+from worker.readiness import Readiness, probe
+from worker.runtime import Runtime
+
+log = logging.getLogger("worker.gate")
+
+#: Process exit code when ComfyUI never became ready.
+EXIT_NEVER_READY = 3
+#: How often the event loop applies the probe's verdict, in seconds. It only reads an Event, so a
+#: short period costs nothing and keeps the time from "ComfyUI ready" to "queue consumed" small.
+TICK_S = 0.02
+#: Consecutive failed probes after which a ready ComfyUI counts as down.
+FAILS_TO_PAUSE = 2
+
+
+class ComfyGate(bootsteps.StartStopStep):
+    """Detach task queues until ComfyUI passes :func:`worker.readiness.probe`."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, c: Any, **kwargs: Any) -> None:
+        super().__init__(c, **kwargs)
+        self.runtime: Runtime = Runtime.current(c.app)
+        settings = self.runtime.settings
+        self.ready = threading.Event()
+        self.started_at = time.monotonic()
+        self.ready_after_s: float | None = None
+        self.detached: list[str] = []
+        self.held_ready_callback: Callable[[Any], None] | None = None
+        self.backoff = Backoff(base_s=settings.ready_poll_min_s, cap_s=settings.ready_poll_max_s)
+        self.stop_event = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.timer_ref: Any = None
+        self.consumer = c
+        self.runtime.gate = self
+
+    # Bootstep hooks (event-loop thread) ------------------------------------------------------------
+    def start(self, c: Any) -> None:
+        if not self.ready.is_set():
+            self._detach(c)
+            if self.held_ready_callback is None and c.init_callback is not None:
+                # Holding worker_ready: no receiver and no "ready." line before ComfyUI is.
+                self.held_ready_callback, c.init_callback = c.init_callback, None
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._probe_loop, name="comfy-gate", daemon=True)
+            self.thread.start()
+        # Reconnects restart consumer steps, so the timer is made anew on every start.
+        self.timer_ref = c.timer.call_repeatedly(TICK_S, self._tick, (c,), priority=10)
+
+    def stop(self, c: Any) -> None:
+        if self.timer_ref is not None:
+            self.timer_ref.cancel()
+            self.timer_ref = None
+
+    def shutdown(self, c: Any) -> None:
+        self.stop_event.set()
+        self.stop(c)
+
+    # Called by the task thread ----------------------------------------------------------------------
+    def mark_down(self) -> None:
+        """ComfyUI died under a running job: detach now, before the job requeues its message.
+
+        ``call_soon`` is FIFO on the hub, so the detach runs before the job's reject callback; without
+        it the worker re-consumed its own rejected message 82 times in 0.9 s (celery-on-redis.md §2).
+        """
+        self.ready.clear()
+        self.consumer.call_soon(self._tick, self.consumer)
+
+    # Probe thread ------------------------------------------------------------------------------------
+    def _probe_loop(self) -> None:
+        settings = self.runtime.settings
+        attempt, fails = 0, 0
+        next_report = self.started_at + settings.ready_log_interval_s
+        while not self.stop_event.is_set():
+            verdict = probe(self.runtime.http, self.runtime.workflow, settings.require_gpu,
+                            full=not self.ready.is_set())
+            if verdict.ready:
+                attempt, fails = 0, 0
+                self._on_ready(verdict)
+            else:
+                fails += 1
+                if self.ready.is_set() and fails >= FAILS_TO_PAUSE:
+                    log.warning("ComfyUI no longer ready (%s); pausing consumption", "; ".join(verdict.missing))
+                    self.ready.clear()
+                if self.ready_after_s is None:
+                    next_report = self._report_waiting(verdict, next_report)
+                    if self._past_deadline():
+                        return
+            pause = settings.ready_poll_max_s if self.ready.is_set() else self.backoff.delay_s(attempt)
+            attempt += 1
+            self.stop_event.wait(pause)
+
+    def _on_ready(self, verdict: Readiness) -> None:
+        self.runtime.device = verdict.device
+        if self.ready_after_s is None:
+            self.ready_after_s = time.monotonic() - self.started_at
+            log.info("ComfyUI ready after %.2fs (device: %s); taking tasks", self.ready_after_s, verdict.device)
+        elif not self.ready.is_set():
+            log.info("ComfyUI ready again (device: %s); resuming consumption", verdict.device)
+        self.ready.set()
+
+    def _report_waiting(self, verdict: Readiness, next_report: float) -> float:
+        now = time.monotonic()
+        if now < next_report:
+            return next_report
+        log.info(
+            "waiting for ComfyUI for %.0fs (timeout %.0fs); still missing: %s",
+            now - self.started_at, self.runtime.settings.ready_timeout_s, "; ".join(verdict.missing),
+        )
+        return now + self.runtime.settings.ready_log_interval_s
+
+    def _past_deadline(self) -> bool:
+        timeout_s = self.runtime.settings.ready_timeout_s
+        if time.monotonic() - self.started_at < timeout_s:
+            return False
+        log.error("ComfyUI was not ready within COMFYUI_READY_TIMEOUT_S=%.0fs; exiting with code %d",
+                  timeout_s, EXIT_NEVER_READY)
+        # The event loop raises WorkerShutdown(EXIT_NEVER_READY) on its next turn; no queue was
+        # ever attached, so nothing was reserved.
+        worker_state.should_stop = EXIT_NEVER_READY
+        return True
+
+    # Event-loop thread -------------------------------------------------------------------------------
+    def _tick(self, c: Any) -> None:
+        if c.task_consumer is None:
+            return
+        if self.ready.is_set() and self.detached:
+            self._attach(c)
+        elif not self.ready.is_set() and not self.detached:
+            self._detach(c)
+
+    def _detach(self, c: Any) -> None:
+        names = [queue.name for queue in c.task_consumer.queues]
+        for name in names:
+            c.cancel_task_queue(name)
+        self.detached = sorted(set(self.detached) | set(names))
+        log.info("task queues %s detached until ComfyUI is ready", self.detached)
+
+    def _attach(self, c: Any) -> None:
+        for name in self.detached:
+            # celery#10352 (5.7): add_task_queue re-selects a queue cancelled earlier.
+            c.add_task_queue(name)
+        log.info("task queues %s attached", self.detached)
+        self.detached = []
+        callback, self.held_ready_callback = self.held_ready_callback, None
+        if callback is not None:
+            callback(c)  # sends worker_ready and logs "<hostname> ready."

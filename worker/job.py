@@ -1,0 +1,204 @@
+"""One dance job, from request to stored outputs: validate, fetch, upload, run, collect, record, clean.
+
+The stages run in this order and each is timed. The manifest is written last, so its presence in
+storage means the job's outputs are complete; only then is ComfyUI cleaned (history entry and our
+uploaded inputs), because ComfyUI never cleans its own history or files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+import uuid
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from producer import keys
+from producer.errors import JOB_CANCELLED, DanceError, error
+from producer.redact import redact_url
+from producer.schema import DanceRequest, parse_request
+from worker.cancels import CancelFlag
+from worker.comfy_ws import EventSocket
+from worker.execution import PromptOutcome, PromptRun
+from worker.inputs import FetchedInput, fetch_input
+from worker.outputs import MANIFEST_NAME, store_outputs
+from worker.progress import ProgressReporter
+from worker.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Timings:
+    queued_s: float = 0.0
+    download_s: float = 0.0
+    execute_s: float = 0.0
+    upload_s: float = 0.0
+    total_s: float = 0.0
+
+
+@dataclass
+class JobContext:
+    job_id: str
+    hostname: str
+    deadline_s: float
+    submitted_at: float | None
+    cancel: CancelFlag
+    progress: ProgressReporter
+    started_at: float = field(default_factory=time.time)
+    timings: Timings = field(default_factory=Timings)
+    uploaded_inputs: list[str] = field(default_factory=list)
+    prompt_id: str | None = None
+
+
+def run_job(runtime: Runtime, ctx: JobContext, raw_request: object) -> dict[str, Any]:
+    """Run the job to its result dict; raises a :class:`DanceError` on failure."""
+    request = parse_request(raw_request)  # never trust the producer's validation
+    existing = _existing_manifest(runtime, ctx.job_id)
+    if existing is not None:
+        log.info("job %s already has a manifest; returning it without GPU work", ctx.job_id)
+        return existing
+    _raise_if_cancelled(runtime, ctx)
+    if ctx.submitted_at:
+        ctx.timings.queued_s = max(0.0, ctx.started_at - ctx.submitted_at)
+    job_dir = runtime.work_dir / ctx.job_id
+    job_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        image, video = _fetch_inputs(runtime, ctx, request, job_dir)
+        graph, seed = _bind(runtime, ctx, request, image, video)
+        outcome = _execute(runtime, ctx, graph)
+        return _record(runtime, ctx, request, seed, outcome)
+    finally:
+        shutil.rmtree(job_dir, ignore_errors=True)
+        _clean_comfyui(runtime, ctx)
+
+
+def _existing_manifest(runtime: Runtime, job_id: str) -> dict[str, Any] | None:
+    key = f"{job_id}/{MANIFEST_NAME}"
+    if not runtime.storage.exists(key):
+        return None
+    manifest: dict[str, Any] = json.loads(runtime.storage.read_bytes(key, max_bytes=16 << 20))
+    return manifest
+
+
+def _raise_if_cancelled(runtime: Runtime, ctx: JobContext) -> None:
+    if ctx.cancel.event.is_set() or runtime.redis.exists(keys.cancelled(ctx.job_id)):
+        raise error(JOB_CANCELLED, "the job was cancelled before it ran", job_id=ctx.job_id)
+
+
+def _fetch_inputs(
+    runtime: Runtime, ctx: JobContext, request: DanceRequest, job_dir: Path
+) -> tuple[str, str]:
+    ctx.progress.stage_changed("downloading")
+    began = time.monotonic()
+    settings = runtime.settings.fetch
+    image = fetch_input(request.reference_image, job_dir, "image", settings, runtime.storage)
+    _raise_if_cancelled(runtime, ctx)
+    video = fetch_input(request.dance_video, job_dir, "video", settings, runtime.storage)
+    ctx.timings.download_s = time.monotonic() - began
+    _raise_if_cancelled(runtime, ctx)
+    ctx.progress.stage_changed("uploading_inputs")
+    # Job-scoped names: concurrent jobs on one ComfyUI never overwrite each other's inputs.
+    image_name = _upload(runtime, ctx, image, "reference")
+    video_name = _upload(runtime, ctx, video, "video")
+    return image_name, video_name
+
+
+def _upload(runtime: Runtime, ctx: JobContext, fetched: FetchedInput, role: str) -> str:
+    name = f"dance-{ctx.job_id}-{role}{fetched.path.suffix}"
+    stored = runtime.http.upload_image(fetched.path, name)
+    ctx.uploaded_inputs.append(stored)
+    return stored
+
+
+def _bind(
+    runtime: Runtime, ctx: JobContext, request: DanceRequest, image: str, video: str
+) -> tuple[dict[str, Any], int]:
+    seed = request.resolved_seed(ctx.job_id)
+    graph = runtime.workflow.bind({
+        "reference_image_filename": image,
+        "dance_video_filename": video,
+        "prompt": request.prompt,
+        "negative_prompt": request.negative_prompt,
+        "width": request.width,
+        "height": request.height,
+        "steps": request.steps,
+        "cfg": request.cfg,
+        "seed": seed,
+        "output_prefix": f"dance/{ctx.job_id}/dance",
+        "job_id": ctx.job_id,
+    })
+    return graph, seed
+
+
+def _execute(runtime: Runtime, ctx: JobContext, graph: dict[str, Any]) -> PromptOutcome:
+    ctx.progress.stage_changed("executing")
+    # A fresh client id per attempt: a stale socket of an earlier attempt can never steal the
+    # registration of this one (19_two_clients).
+    client_id = f"dance-{ctx.job_id}-{uuid.uuid4().hex[:8]}"
+    sock = EventSocket(runtime.settings.comfyui_url, client_id)
+    sock.connect()  # before POST /prompt, so no message of our prompt can be missed
+    try:
+        submitted = runtime.http.queue_prompt(graph, client_id, {"dance_job_id": ctx.job_id})
+        ctx.prompt_id = submitted.prompt_id
+        log.info("job %s: ComfyUI prompt %s queued", ctx.job_id, submitted.prompt_id)
+        deadline = time.monotonic() + ctx.deadline_s
+        run = PromptRun(runtime.http, sock, submitted.prompt_id, deadline, ctx.cancel.event, ctx.progress.comfy)
+        if submitted.rejection is not None:
+            run.stop_prompt()  # the valid part was queued: do not spend GPU time on a failed job
+            raise submitted.rejection
+        outcome = run.wait()
+    finally:
+        sock.close()
+    ctx.timings.execute_s = outcome.execute_s
+    return outcome
+
+
+def _record(
+    runtime: Runtime, ctx: JobContext, request: DanceRequest, seed: int, outcome: PromptOutcome
+) -> dict[str, Any]:
+    ctx.progress.stage_changed("uploading_outputs")
+    began = time.monotonic()
+    stored = store_outputs(runtime.http, runtime.storage, ctx.job_id, outcome.outputs)
+    ctx.timings.upload_s = time.monotonic() - began
+    ctx.timings.total_s = time.time() - ctx.started_at
+    result = {
+        "job_id": ctx.job_id,
+        "status": "succeeded",
+        "outputs": stored,
+        "seed": seed,
+        "params": {**request.to_payload(), "seed": seed, "notes": list(request.notes)},
+        "timings": {name: round(value, 3) for name, value in vars(ctx.timings).items()},
+        "worker": {"hostname": ctx.hostname, "device": runtime.device},
+        "comfyui": {"prompt_id": outcome.prompt_id, "cached_nodes": list(outcome.cached_nodes)},
+    }
+    result["params"]["reference_image"] = redact_url(request.reference_image)
+    result["params"]["dance_video"] = redact_url(request.dance_video)
+    manifest = runtime.storage.put_bytes(
+        f"{ctx.job_id}/{MANIFEST_NAME}", json.dumps(result, indent=2).encode(), "application/json"
+    )
+    result["manifest"] = {"uri": manifest.uri, "url": manifest.url}
+    return result
+
+
+def _clean_comfyui(runtime: Runtime, ctx: JobContext) -> None:
+    """Remove what ComfyUI keeps of the job, whatever its outcome; a failure here never fails a job.
+
+    Only the history entry is reachable through the API; uploaded inputs can only be deleted when
+    the worker shares ComfyUI's input folder (COMFYUI_INPUT_DIR).
+    """
+    if ctx.prompt_id is not None:
+        try:
+            runtime.http.delete_history([ctx.prompt_id])
+        except DanceError as exc:
+            log.warning("job %s: could not delete ComfyUI history %s: %s", ctx.job_id, ctx.prompt_id, exc)
+    input_dir = runtime.settings.comfyui_input_dir
+    if input_dir is None:
+        return
+    for name in ctx.uploaded_inputs:
+        with suppress(FileNotFoundError):
+            (input_dir / name).unlink()

@@ -1,0 +1,55 @@
+"""Job progress, published where producers and Flower can see it.
+
+``update_state`` writes the PROGRESS meta to the result backend, which ``handle.progress()`` and
+``dance status`` read; it never reaches Flower (celery-on-redis.md §5). A ``task-progress`` event
+does, but Flower only shows its ``result`` field, so the progress is also put there as text.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+#: Shortest pause between two published progress updates of one job, in seconds.
+MIN_INTERVAL_S = 0.5
+PROGRESS_STATE = "PROGRESS"
+
+
+class ProgressReporter:
+    def __init__(self, task: Any, job_id: str) -> None:
+        self.task = task
+        self.job_id = job_id
+        self.stage = "starting"
+        self.last: dict[str, Any] = {}
+        self._last_sent = 0.0
+
+    def stage_changed(self, stage: str) -> None:
+        self.stage = stage
+        self.last = {}
+        self._publish({"node": None, "value": 0, "max": 0, "percent": 0.0}, force=True)
+
+    def comfy(self, update: dict[str, Any]) -> None:
+        """A progress or executing update from ComfyUI (see worker.execution.Tracker)."""
+        node_changed = update.get("node") != self.last.get("node")
+        finished_node = update.get("max") and update.get("value") == update.get("max")
+        self._publish(update, force=bool(node_changed or finished_node))
+
+    def _publish(self, update: dict[str, Any], force: bool) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_sent < MIN_INTERVAL_S:
+            return
+        self._last_sent = now
+        self.last = update
+        meta = {"job_id": self.job_id, "stage": self.stage, **update}
+        self.task.update_state(state=PROGRESS_STATE, meta=meta)
+        self.task.send_event("task-progress", result=describe(meta), **meta)
+
+
+def describe(meta: dict[str, Any]) -> str:
+    """One line for humans: ``executing node 348: 3/6 (50.0%)``."""
+    text = str(meta.get("stage"))
+    if meta.get("node"):
+        text += f" node {meta['node']}"
+    if meta.get("max"):
+        text += f": {meta['value']}/{meta['max']} ({meta['percent']}%)"
+    return text

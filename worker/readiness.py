@@ -1,0 +1,89 @@
+"""What "ComfyUI is ready for this workflow" means, checked in one probe.
+
+Ready means all of: GET /system_stats answers 200; when a GPU is required, a CUDA device is listed;
+every class_type of the workflow is in /object_info; every model file the workflow names is in its
+loader's option list. The probe reports everything still missing, so the gate can say so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from producer.errors import DanceError
+from worker.comfy_http import PROBE_TIMEOUT_S, ComfyHttp
+from worker.workflow import ModelRef, Workflow
+
+#: Timeout of the /object_info request, in seconds: the full dump of a large install is several MB.
+OBJECT_INFO_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    #: Human-readable reasons, e.g. "ComfyUI not answering (ConnectionError)", "node classes: X".
+    missing: tuple[str, ...]
+    #: Whether /system_stats answered at all.
+    answering: bool = False
+    #: The device that will run jobs, e.g. "cuda:0 NVIDIA H100 80GB HBM3 : cudaMallocAsync" or "cpu".
+    device: str | None = None
+
+
+def probe(http: ComfyHttp, workflow: Workflow, require_gpu: bool, full: bool = True) -> Readiness:
+    """Check readiness; ``full=False`` only checks that ComfyUI answers with the right device (a cheap
+    liveness probe once the full check passed: /object_info of a large install is megabytes)."""
+    try:
+        stats = http.system_stats(timeout_s=PROBE_TIMEOUT_S)
+    except DanceError as exc:
+        reason = exc.details.get("reason") or exc.code
+        return Readiness(False, (f"ComfyUI at {http.base_url} not answering /system_stats ({reason})",))
+    missing: list[str] = []
+    device = pick_device(stats, require_gpu)
+    if device is None:
+        missing.append("a CUDA device (COMFYUI_REQUIRE_GPU is on; /system_stats lists none)")
+    if not full:
+        return Readiness(not missing, tuple(missing), answering=True, device=device)
+    try:
+        info = http.object_info(timeout_s=OBJECT_INFO_TIMEOUT_S)
+    except DanceError as exc:
+        missing.append(f"/object_info ({exc.code})")
+        return Readiness(False, tuple(missing), answering=True, device=device)
+    absent = sorted(workflow.class_types - set(info))
+    if absent:
+        missing.append(f"node classes {', '.join(absent)}")
+    models = [ref for ref in workflow.model_refs() if ref.class_type in info and not _offered(info, ref)]
+    if models:
+        missing.append("model files " + ", ".join(f"{m.filename} ({m.class_type}.{m.input_name})" for m in models))
+    return Readiness(not missing, tuple(missing), answering=True, device=device)
+
+
+def pick_device(stats: dict[str, Any], require_gpu: bool) -> str | None:
+    devices = [d for d in stats.get("devices") or [] if isinstance(d, dict)]
+    cuda = [d for d in devices if str(d.get("type")) == "cuda" or str(d.get("name", "")).startswith("cuda")]
+    if cuda:
+        return str(cuda[0].get("name"))
+    if require_gpu:
+        return None
+    return str(devices[0].get("name")) if devices else "unknown"
+
+
+def combo_options(spec: Any) -> list[str] | None:
+    """Options of a COMBO input spec: ``[[opts...], {...}]`` (0.3.39) or ``["COMBO", {"options": [...]}]``."""
+    if not isinstance(spec, list) or not spec:
+        return None
+    if isinstance(spec[0], list):
+        return [str(option) for option in spec[0]]
+    if spec[0] == "COMBO" and len(spec) > 1 and isinstance(spec[1], dict):
+        return [str(option) for option in spec[1].get("options", [])]
+    return None
+
+
+def _offered(info: dict[str, Any], ref: ModelRef) -> bool:
+    inputs = info[ref.class_type].get("input") or {}
+    for section in ("required", "optional"):
+        spec = (inputs.get(section) or {}).get(ref.input_name)
+        options = combo_options(spec)
+        if options is not None:
+            return ref.filename in options
+    # Not a combo (e.g. a free-text path or URL): ComfyUI cannot tell us, so we do not block on it.
+    return True

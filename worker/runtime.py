@@ -1,0 +1,81 @@
+"""Everything a running worker shares between its gate and its jobs, built once when the worker boots."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import redis
+from celery import bootsteps
+
+from worker.cancels import CancelRegistry
+from worker.comfy_http import ComfyHttp
+from worker.settings import WorkerSettings
+from worker.storage import Storage, open_storage
+from worker.workflow import Workflow, load_workflow
+
+if TYPE_CHECKING:
+    from worker.gate import ComfyGate
+
+log = logging.getLogger(__name__)
+
+#: Timeout of the bookkeeping Redis client's calls, in seconds.
+REDIS_TIMEOUT_S = 5.0
+
+
+@dataclass
+class Runtime:
+    settings: WorkerSettings
+    workflow: Workflow
+    http: ComfyHttp
+    storage: Storage
+    work_dir: Path
+    #: A plain client of the broker's Redis, for the job bookkeeping keys of producer/keys.py.
+    redis: redis.Redis
+    cancels: CancelRegistry = field(default_factory=CancelRegistry)
+    gate: ComfyGate | None = None
+    #: The device ComfyUI runs on, as its /system_stats names it; set by the gate.
+    device: str | None = None
+
+    @classmethod
+    def build(cls, settings: WorkerSettings) -> Runtime:
+        work_dir = settings.work_dir or Path(tempfile.mkdtemp(prefix="dance-worker-"))
+        work_dir.mkdir(parents=True, exist_ok=True)
+        return cls(
+            settings=settings,
+            workflow=load_workflow(settings.workflow_path),
+            http=ComfyHttp(settings.comfyui_url, settings.comfyui_http_timeout_s),
+            storage=open_storage(settings.storage_url, presign_expires_s=settings.presign_expires_s),
+            work_dir=work_dir,
+            redis=redis.Redis.from_url(settings.broker_url, socket_timeout=REDIS_TIMEOUT_S,
+                                       socket_connect_timeout=REDIS_TIMEOUT_S),
+        )
+
+    @staticmethod
+    def current(app: Any) -> Runtime:
+        runtime = getattr(app, "dance_runtime", None)
+        if runtime is None:
+            raise RuntimeError("the dance runtime is built by the worker's RuntimeStep; "
+                               "start workers with `dance worker` or `celery -A worker.app worker`")
+        return runtime  # type: ignore[no-any-return]
+
+
+class RuntimeStep(bootsteps.Step):
+    """Worker step that builds the :class:`Runtime` before any consumer step needs it.
+
+    Worker steps are created before the Consumer (Celery puts the Consumer step last), so the gate
+    and every job find the runtime ready. A bad workflow or storage URL stops the worker here, with
+    the error's code, before it connects anywhere.
+    """
+
+    name = "dance.runtime"
+
+    def __init__(self, w: Any, **kwargs: Any) -> None:
+        super().__init__(w, **kwargs)
+        settings: WorkerSettings = w.app.conf["dance_settings"]
+        w.app.dance_runtime = Runtime.build(settings)
+        log.info("dance runtime: workflow %s, ComfyUI %s, storage %s",
+                 settings.workflow_path, settings.comfyui_url, settings.storage_url)

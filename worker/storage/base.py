@@ -1,0 +1,154 @@
+"""What every storage backend offers, the object it returns, and the key rules they share.
+
+Keys are relative, ``/``-separated paths under the storage's root (``<job_id>/video.mp4``); a backend
+puts its own prefix in front. Keys never contain ``..``, empty or ``.`` segments, backslashes or NUL,
+so that no key can name something outside the root, whatever the backend maps it to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from producer.errors import STORAGE_FORBIDDEN, error
+
+#: Size of one read or write while streaming, in bytes (1 MiB).
+CHUNK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One object as stored: where it is, how to fetch it, and what it holds."""
+
+    #: The key the caller passed, relative to the storage root.
+    key: str
+    #: Stable address inside the storage (``s3://bucket/prefix/key`` or ``file:///abs/path``).
+    uri: str
+    #: Address a client can GET (a presigned URL for S3, the file URI for a folder).
+    url: str
+    bytes: int
+    sha256: str
+    content_type: str
+
+
+@runtime_checkable
+class Readable(Protocol):
+    """A byte stream read front to back; it need not be seekable."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+class Storage(Protocol):
+    """Where results go and where inputs that producers uploaded come from."""
+
+    def put_file(self, key: str, path: Path, content_type: str) -> StoredObject:
+        """Store the file at ``path`` under ``key``."""
+        ...
+
+    def put_stream(self, key: str, readable: Readable, content_type: str) -> StoredObject:
+        """Store a stream chunk by chunk, hashing it on the way, never holding the whole body."""
+        ...
+
+    def put_bytes(self, key: str, data: bytes, content_type: str) -> StoredObject:
+        """Store a small body (a manifest) in one call."""
+        ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def read_bytes(self, key: str, max_bytes: int) -> bytes:
+        """The object's body; ``storage.not_found`` if absent, ``storage.too_large`` over ``max_bytes``."""
+        ...
+
+    def delete_prefix(self, prefix: str) -> int:
+        """Delete every object under the folder ``prefix/``; returns how many went."""
+        ...
+
+    def owns(self, uri: str) -> bool:
+        """Whether ``uri`` names an object inside this storage's root."""
+        ...
+
+    def download(self, uri: str, dest_path: Path, max_bytes: int) -> int:
+        """Copy an object this storage owns to ``dest_path``; returns its size in bytes.
+
+        Refusals raise ``input.not_found``, ``input.forbidden``, ``input.too_large`` or
+        ``input.scheme_unsupported``, since the object is a job's input; a storage hiccup raises
+        ``storage.unavailable``.
+        """
+        ...
+
+    def uri_for(self, key: str) -> str: ...
+
+    def url_for(self, key: str) -> str: ...
+
+    def check(self) -> None:
+        """Raise a storage error unless the storage is reachable and its root exists."""
+        ...
+
+
+def clean_key(key: str) -> str:
+    """``key`` if it is a safe relative key, else ``storage.forbidden``."""
+    segments = key.split("/")
+    bad = (
+        not key
+        or key.startswith("/")
+        or "\\" in key
+        or "\x00" in key
+        or any(segment in ("", ".", "..") for segment in segments)
+    )
+    if bad:
+        raise error(STORAGE_FORBIDDEN, "the storage key is not a plain relative path", key=key[:200])
+    return key
+
+
+def clean_prefix(prefix: str) -> str:
+    """A key prefix without surrounding slashes, validated like a key."""
+    return clean_key(prefix.strip("/"))
+
+
+class HashingReader:
+    """Wraps a stream, hashing and counting what passes through.
+
+    It deliberately has no ``seek``/``tell``: boto3 then treats it as non-seekable and reads it
+    strictly in order from one thread, which is what keeps the running hash correct.
+    """
+
+    def __init__(self, source: Readable) -> None:
+        self._source = source
+        self._hash = hashlib.sha256()
+        self.bytes = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._source.read(size)
+        self._hash.update(data)
+        self.bytes += len(data)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+
+def iter_chunks(readable: Readable, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """The stream's bytes in chunks of at most ``chunk_bytes``, until it is exhausted."""
+    while True:
+        data = readable.read(chunk_bytes)
+        if not data:
+            return
+        yield data
+
+
+def file_sha256(path: Path) -> tuple[int, str]:
+    """Size in bytes and sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as handle:
+        for chunk in iter_chunks(handle):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()

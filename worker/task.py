@@ -1,0 +1,90 @@
+"""The ``dance.generate`` task: the Celery face of :func:`worker.job.run_job`.
+
+Outcomes, by branch of the error tree:
+
+* success: the result dict (and the manifest in storage);
+* a permanent error: the job fails; its result carries ``{code, message, details}``;
+* a retryable error (ComfyUI died, storage hiccup): the message goes back to the queue, at most
+  ``DANCE_MAX_ATTEMPTS`` starts in all, then the job fails with the last code;
+* a cancel: the job ends REVOKED; a worker shutdown: the job goes back to the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.exceptions import Ignore, Reject
+
+from producer import keys
+from producer.celeryconf import TASK_NAME
+from producer.errors import JOB_CANCELLED, ComfyUnavailable, DanceError, PermanentError
+from worker.app import app
+from worker.cancels import REVOKED, SHUTDOWN, CancelFlag
+from worker.job import JobContext, run_job
+from worker.progress import ProgressReporter
+from worker.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+#: State of a job handed back to the queue after a transient failure, until a worker starts it again.
+REQUEUED_STATE = "REQUEUED"
+
+
+@app.task(bind=True, name=TASK_NAME, acks_late=True, reject_on_worker_lost=True, throws=(PermanentError,))
+def generate(
+    self: Any, request: dict[str, Any], deadline_s: float | None = None, submitted_at: float | None = None
+) -> dict[str, Any]:
+    runtime = Runtime.current(self.app)
+    job_id: str = self.request.id
+    settings = runtime.settings
+    attempt = _count_attempt(runtime, job_id)
+    with runtime.cancels.running(job_id) as flag:
+        ctx = JobContext(
+            job_id=job_id,
+            hostname=self.request.hostname or "",
+            deadline_s=min(deadline_s or settings.job_deadline_s, settings.max_job_deadline_s),
+            submitted_at=submitted_at,
+            cancel=flag,
+            progress=ProgressReporter(self, job_id),
+        )
+        try:
+            return run_job(runtime, ctx, request)
+        except DanceError as exc:
+            _settle(self, runtime, flag, exc, attempt)
+            raise
+
+
+def _count_attempt(runtime: Runtime, job_id: str) -> int:
+    key = keys.attempts(job_id)
+    pipe = runtime.redis.pipeline()
+    pipe.incr(key)
+    pipe.expire(key, keys.JOB_KEY_TTL_S)
+    attempt = int(pipe.execute()[0])
+    if attempt > 1:
+        log.info("job %s: attempt %d", job_id, attempt)
+    return attempt
+
+
+def _settle(task: Any, runtime: Runtime, flag: CancelFlag, exc: DanceError, attempt: int) -> None:
+    """Turn a cancel, a shutdown or a retryable error into Celery's terms; return to let ``exc`` fail the job."""
+    job_id = task.request.id
+    if exc.code == JOB_CANCELLED:
+        if flag.reason == SHUTDOWN:
+            log.warning("job %s: worker shutting down; handing the job back to the queue", job_id)
+            raise Reject("worker shutting down", requeue=True) from exc
+        if flag.reason != REVOKED:
+            # Cancelled through the Redis marker: no revoke reached this worker, so the state is ours to set.
+            task.backend.mark_as_revoked(job_id, "cancelled", request=task.request)
+        raise Ignore() from exc  # the state stays REVOKED; a FAILURE must not overwrite it
+    if not exc.retryable:
+        return
+    if attempt >= runtime.settings.max_attempts:
+        log.error("job %s: %s after %d attempts; failing it", job_id, exc.code, attempt)
+        return
+    if isinstance(exc, ComfyUnavailable) and runtime.gate is not None:
+        runtime.gate.mark_down()  # detach before requeueing, or this worker takes the job right back
+    log.warning("job %s: %s; handing the job back to the queue (attempt %d of %d)",
+                job_id, exc, attempt, runtime.settings.max_attempts)
+    task.update_state(state=REQUEUED_STATE, meta={"job_id": job_id, "attempt": attempt, **exc.as_dict()})
+    raise Reject(str(exc), requeue=True) from exc
