@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all demo test lint bench redis-server venv clean
+.PHONY: all demo test lint lint-docker bench redis-server venv clean
 
 all: test
 
@@ -24,9 +24,16 @@ redis-server:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 
-lint: venv
+lint: venv lint-docker
 	$(VENV)/bin/ruff check producer worker simulator demo tests
 	$(VENV)/bin/mypy
+
+# The deployment, checked without a Docker engine: the Dockerfile, every shell script, both compose files.
+SHELL_SCRIPTS := $(shell git ls-files --cached --others --exclude-standard -- '*.sh') .ci/run
+lint-docker: venv
+	$(VENV)/bin/hadolint docker/Dockerfile
+	$(VENV)/bin/shellcheck $(SHELL_SCRIPTS)
+	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec compose.yaml compose.worker.yaml
 
 test: venv redis-server lint
 	$(PY) -m pytest -q

@@ -27,7 +27,7 @@ from producer.errors import (
     InvalidRequest,
     error,
 )
-from producer.progressbar import ProgressLine
+from producer.progressbar import ProgressLine, describe_progress
 from producer.settings import ProducerSettings
 
 EXIT_OK = 0  #: the command did what was asked; with --wait, the job succeeded
@@ -126,7 +126,7 @@ def status(job_id: str, as_json: bool) -> None:
         if as_json:
             click.echo(json.dumps({"job_id": job_id, "state": state, "progress": progress}, ensure_ascii=False))
         else:
-            click.echo(state + (f"  {ProgressLine.describe(progress)}" if progress else ""))
+            click.echo(state + (f"  {describe_progress(progress)}" if progress else ""))
         if state == "UNKNOWN":
             sys.exit(EXIT_UNKNOWN_JOB)
 
@@ -190,9 +190,11 @@ def _local_path_or_url(item: dict[str, Any]) -> str:
 # Worker-side commands live in their own module: importing them pulls in the worker's dependencies.
 def _register_worker_commands() -> None:
     from producer.worker_cli import check, worker
+    from worker.models import models
 
     main.add_command(worker)
     main.add_command(check)
+    main.add_command(models)
 
 
 _register_worker_commands()

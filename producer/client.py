@@ -137,9 +137,7 @@ class JobHandle:
 
     def progress(self) -> dict[str, Any] | None:
         """The latest progress meta (stage, node, value, max, percent) while the job runs."""
-        result = self._async()
-        state = self.client._guard(lambda: result.state)
-        info = self.client._guard(lambda: result.info)
+        state, info = self._snapshot()
         return info if state == "PROGRESS" and isinstance(info, dict) else None
 
     def result(self, timeout_s: float | None = None, on_progress: ProgressCallback | None = None) -> dict[str, Any]:
@@ -147,23 +145,30 @@ class JobHandle:
         limit = self.client.settings.wait_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + limit
         last: tuple[str, Any] | None = None
+        state, info = self._snapshot()
+        if state == "PENDING" and self.status() == "UNKNOWN":
+            raise error(JOB_UNKNOWN, f"no job {self.id} was submitted to this broker", job_id=self.id)
         while True:
-            result = self._async()
-            state = self.client._guard(lambda: result.state)
             if state in READY_STATES:
-                return self._settled(state, result)
-            info = self.client._guard(lambda: result.info) if state in ("PROGRESS", "REQUEUED") else None
+                return self._settled(state)
             if on_progress is not None and (state, info) != last:
                 on_progress(state, info if isinstance(info, dict) else None)
                 last = (state, info)
-            if state == "PENDING" and last is None and self.status() == "UNKNOWN":
-                raise error(JOB_UNKNOWN, f"no job {self.id} was submitted to this broker", job_id=self.id)
             if time.monotonic() >= deadline:
                 raise error(JOB_WAIT_TIMEOUT, f"job {self.id} did not finish within {limit:g}s (state {state})",
                             job_id=self.id, state=state)
             time.sleep(POLL_INTERVAL_S)
+            state, info = self._snapshot()
 
-    def _settled(self, state: str, result: AsyncResult) -> dict[str, Any]:
+    def _snapshot(self) -> tuple[str, Any]:
+        """The job's state and, while it runs or waits for a retry, its progress meta."""
+        result = self._async()
+        state = str(self.client._guard(lambda: result.state))
+        info = self.client._guard(lambda: result.info) if state in ("PROGRESS", "REQUEUED") else None
+        return state, info
+
+    def _settled(self, state: str) -> dict[str, Any]:
+        result = self._async()
         value = self.client._guard(lambda: result.result)
         if state == "SUCCESS" and isinstance(value, dict):
             return value

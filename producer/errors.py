@@ -76,6 +76,10 @@ class StorageRejected(PermanentError):
     """Storage refused the operation (credentials, missing bucket)."""
 
 
+class ModelRejected(PermanentError):
+    """A model file is wrong (checksum or size differ from the list) or its URL answers a client error."""
+
+
 # Retryable branch ---------------------------------------------------------------------------------------
 class ComfyUnavailable(RetryableError):
     """ComfyUI cannot be reached or dropped the connection."""
@@ -91,6 +95,10 @@ class StorageUnavailable(RetryableError):
 
 class BrokerUnavailable(RetryableError):
     """The Celery broker (Redis) cannot be reached."""
+
+
+class ModelUnavailable(RetryableError):
+    """A model host failed in a way that may heal (5xx, timeout, dropped connection), or the folder is busy."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +137,9 @@ INPUT_NOT_FOUND = _code("input.not_found", InputRejected, "the media URL or obje
 INPUT_HTTP_ERROR = _code("input.http_error", InputRejected, "the media host answered with a client error")
 INPUT_TOO_LARGE = _code("input.too_large", InputRejected, "the media is larger than the download cap")
 INPUT_NOT_MEDIA = _code("input.not_media", InputRejected, "the bytes are not an image or video we accept")
-INPUT_WRONG_KIND = _code("input.wrong_kind", InputRejected, "an image was given where a video is expected, or the reverse")
+INPUT_WRONG_KIND = _code(
+    "input.wrong_kind", InputRejected, "an image was given where a video is expected, or the reverse"
+)
 INPUT_CORRUPT = _code("input.corrupt", InputRejected, "the media is truncated or cannot be decoded")
 INPUT_SCHEME = _code("input.scheme_unsupported", InputRejected, "the URL scheme is not http, https or s3")
 INPUT_BLOCKED = _code("input.address_blocked", InputRejected, "the URL leads to a private or internal address")
@@ -139,11 +149,15 @@ INPUT_SERVER_ERROR = _code("input.server_error", InputUnavailable, "the media ho
 INPUT_TIMEOUT = _code("input.timeout", InputUnavailable, "the download timed out after retries")
 INPUT_UNREACHABLE = _code("input.unreachable", InputUnavailable, "the media host refused or dropped the connection")
 
-WORKFLOW_TEMPLATE = _code("workflow.template_invalid", WorkflowInvalid, "the workflow file is not an API-format graph")
+WORKFLOW_TEMPLATE = _code(
+    "workflow.template_invalid", WorkflowInvalid, "the workflow file is not an API-format graph"
+)
 WORKFLOW_PLACEHOLDER = _code(
     "workflow.unknown_placeholder", WorkflowInvalid, "the template names a {{placeholder}} we cannot fill"
 )
-WORKFLOW_UNKNOWN_NODES = _code("workflow.unknown_nodes", WorkflowInvalid, "ComfyUI lacks node classes the workflow uses")
+WORKFLOW_UNKNOWN_NODES = _code(
+    "workflow.unknown_nodes", WorkflowInvalid, "ComfyUI lacks node classes the workflow uses"
+)
 WORKFLOW_MISSING_MODELS = _code(
     "workflow.missing_models", WorkflowInvalid, "ComfyUI's loaders do not offer model files the workflow names"
 )
@@ -160,16 +174,31 @@ COMFY_PROTOCOL = _code("comfyui.protocol_error", ComfyUnavailable, "ComfyUI answ
 
 JOB_DEADLINE = _code("job.deadline_exceeded", JobEnded, "the job ran past its execution deadline")
 JOB_CANCELLED = _code("job.cancelled", JobEnded, "the job was cancelled")
-JOB_UNKNOWN = _code("job.unknown", InvalidRequest, "no job with this id was ever submitted (or its result expired)")
+JOB_UNKNOWN = _code(
+    "job.unknown", InvalidRequest, "no job with this id was ever submitted (or its result expired)"
+)
 JOB_WAIT_TIMEOUT = _code(
     "job.wait_timeout", RetryableError, "the job did not finish while the caller waited; it may still run"
 )
-JOB_MALFORMED_RESULT = _code("job.malformed_result", PermanentError, "the result backend holds something we cannot read")
+JOB_MALFORMED_RESULT = _code(
+    "job.malformed_result", PermanentError, "the result backend holds something we cannot read"
+)
 
 STORAGE_FORBIDDEN = _code("storage.forbidden", StorageRejected, "storage denied access or the bucket is missing")
 STORAGE_UNAVAILABLE = _code("storage.unavailable", StorageUnavailable, "storage failed in a way that may heal")
 STORAGE_NOT_FOUND = _code("storage.not_found", StorageRejected, "the stored object to read does not exist")
 STORAGE_TOO_LARGE = _code("storage.too_large", StorageRejected, "the stored object exceeds the read cap")
+
+MODELS_LIST_INVALID = _code(
+    "models.list_invalid", ConfigInvalid, "the model list is unreadable or an entry is malformed"
+)
+MODELS_HTTP_ERROR = _code("models.http_error", ModelRejected, "a model URL answered a client error (4xx)")
+MODELS_CHECKSUM = _code("models.checksum_mismatch", ModelRejected, "a model file's sha256 differs from the list")
+MODELS_SIZE = _code("models.size_mismatch", ModelRejected, "a model file's size differs from the list")
+MODELS_UNAVAILABLE = _code(
+    "models.unavailable", ModelUnavailable, "a model host failed (5xx, timeout, reset) after retries"
+)
+MODELS_BUSY = _code("models.busy", ModelUnavailable, "another `dance models` is writing to the models folder")
 
 CONFIG_INVALID = _code("config.invalid", ConfigInvalid, "a setting holds a value that cannot work")
 BROKER_UNREACHABLE = _code("broker.unreachable", BrokerUnavailable, "the broker (Redis) cannot be reached")

@@ -19,7 +19,8 @@ MEDIA_FIELDS = {"reference_image": "images", "dance_video": "videos"}
 
 def stage_local_media(request: dict[str, Any], job_id: str, storage_url: str) -> dict[str, Any]:
     """Return ``request`` with every local file path replaced by the URI of its copy in storage."""
-    body = request.get("input") if set(request) == {"input"} and isinstance(request.get("input"), dict) else request
+    envelope = request.get("input")
+    body: dict[str, Any] = envelope if set(request) == {"input"} and isinstance(envelope, dict) else request
     staged = dict(body)
     for name, group in MEDIA_FIELDS.items():
         if _is_local(staged.get(name)):

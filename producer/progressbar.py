@@ -8,6 +8,23 @@ from typing import Any, TextIO
 BAR_CHARS = 30
 
 
+def describe_progress(progress: dict[str, Any] | None) -> str:
+    """One line for humans: ``executing node 348 (WanVideoSamplerv2): 3/6 (50.0%)``.
+
+    The worker puts the same text into Flower's ``result`` field, the only one Flower shows.
+    """
+    if not progress:
+        return ""
+    text = str(progress.get("stage", ""))
+    if progress.get("node"):
+        text += f" node {progress['node']}"
+        if progress.get("class_type"):
+            text += f" ({progress['class_type']})"
+    if progress.get("max"):
+        text += f": {progress['value']}/{progress['max']} ({progress.get('percent', 0.0)}%)"
+    return text
+
+
 class ProgressLine:
     def __init__(self, stream: TextIO, enabled: bool = True) -> None:
         self.stream = stream
@@ -15,23 +32,12 @@ class ProgressLine:
         self.tty = stream.isatty()
         self._last_text = ""
 
-    @staticmethod
-    def describe(progress: dict[str, Any] | None) -> str:
-        if not progress:
-            return ""
-        text = str(progress.get("stage", ""))
-        if progress.get("node"):
-            text += f" node {progress['node']}"
-        if progress.get("max"):
-            text += f" {progress['value']}/{progress['max']}"
-        return text
-
     def update(self, state: str, info: dict[str, Any] | None) -> None:
         if not self.enabled:
             return
         percent = float(info.get("percent") or 0.0) if info else 0.0
         filled = int(BAR_CHARS * percent / 100)
-        label = self.describe(info) if state == "PROGRESS" else state.lower()
+        label = describe_progress(info) if state == "PROGRESS" else state.lower()
         if state == "REQUEUED" and info:
             label = f"requeued after {info.get('code')} (attempt {info.get('attempt')})"
         text = f"[{'#' * filled}{'.' * (BAR_CHARS - filled)}] {percent:5.1f}% {label}"

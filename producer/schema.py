@@ -16,6 +16,7 @@ The worker validates again: it never trusts what a producer sent.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -212,7 +213,7 @@ def _int(flat: Mapping[str, Any], name: str, default: int, low: int, high: int) 
 
 def _float(flat: Mapping[str, Any], name: str, default: float, low: float, high: float) -> float:
     value = flat.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:  # NaN != NaN
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
         raise error(REQUEST_WRONG_TYPE, f"'{name}' must be a number, not {_type_name(value)}", field=name)
     if not low <= value <= high:
         raise error(

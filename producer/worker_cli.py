@@ -23,7 +23,8 @@ EXIT_UNHEALTHY = 1  #: the worker is absent, waiting for ComfyUI, or not consumi
 @click.command(context_settings={"ignore_unknown_options": True})
 @click.option("--name", "-n", envvar="DANCE_WORKER_NAME", default=DEFAULT_WORKER_NAME, show_default=True,
               help="Celery node name (env DANCE_WORKER_NAME).")
-@click.option("--queues", "-Q", envvar="DANCE_QUEUES", help="Comma-separated queues (env DANCE_QUEUES; default 'dance').")
+@click.option("--queues", "-Q", envvar="DANCE_QUEUES",
+              help="Comma-separated queues (env DANCE_QUEUES; default 'dance').")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(name: str, queues: str | None, loglevel: str, celery_args: tuple[str, ...]) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -19,19 +21,27 @@ log = logging.getLogger("simulator")
 
 
 async def serve(settings: SimSettings, data_dir: Path) -> None:
+    stop = asyncio.Event()
+    # SIGTERM ends the run cleanly, so a temporary data directory is removed; SIGKILL just kills.
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     # Like the real server while it imports torch and custom nodes: nothing listens yet, so every
     # connection is refused until the delay is over, then everything answers at once (01_startup).
     if settings.start_delay_s > 0:
         log.info("Simulating startup: the port stays closed for %.1f s", settings.start_delay_s)
-        await asyncio.sleep(settings.start_delay_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), settings.start_delay_s)
+        if stop.is_set():
+            return
     services, web_root = build_services(settings, data_dir, asyncio.get_running_loop())
-    app = build_app(services, web_root)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(build_app(services, web_root), access_log=None)
     await runner.setup()
     log.info("Starting server\n")
     await web.TCPSite(runner, settings.host, settings.port).start()
     print(f"To see the GUI go to: http://{settings.host}:{settings.port}", flush=True)
-    await services.messenger.publish_loop()
+    publisher = asyncio.create_task(services.messenger.publish_loop())
+    await stop.wait()
+    publisher.cancel()
+    await runner.cleanup()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -81,8 +81,7 @@ class Catalog:
         self._missing_models = frozenset(missing_models)
         self._nodes = {name: _without_models(info, self._missing_models) for name, info in nodes.items()}
         self._model_files = {
-            folder: [f for f in files if f not in self._missing_models]
-            for folder, files in model_files.items()
+            folder: [f for f in files if f not in self._missing_models] for folder, files in model_files.items()
         }
 
     @classmethod
@@ -147,14 +146,11 @@ class Catalog:
     def model_files(self, folder: str) -> list[str] | None:
         if folder not in self.model_folders():
             return None
-        return list(self._model_files.get(folder, []))
+        # folder_paths.get_filename_list sorts its result.
+        return sorted(self._model_files.get(folder, []))
 
     def _folder_listing(self, kind: str) -> list[str]:
-        listing = (
-            vhs_video_files(self.dirs.input_dir)
-            if kind == "vhs"
-            else files_of_kind(self.dirs.input_dir, kind)
-        )
+        listing = vhs_video_files(self.dirs.input_dir) if kind == "vhs" else files_of_kind(self.dirs.input_dir, kind)
         return [name for name in listing if name not in self._missing_models]
 
 

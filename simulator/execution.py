@@ -36,9 +36,7 @@ MS_PER_S = 1000
 
 
 class PromptExecutor:
-    def __init__(
-        self, catalog: Catalog, messenger: Messenger, faults: Faults, interrupt: InterruptFlag
-    ) -> None:
+    def __init__(self, catalog: Catalog, messenger: Messenger, faults: Faults, interrupt: InterruptFlag) -> None:
         self.catalog = catalog
         self.messenger = messenger
         self.faults = faults
@@ -58,9 +56,7 @@ class PromptExecutor:
     def unload_models(self) -> None:
         self.loaded_models.clear()
 
-    def emit(
-        self, event: Any, data: Any, sid: str | None, deliver: bool = True, class_type: str | None = None
-    ) -> None:
+    def emit(self, event: Any, data: Any, sid: str | None, deliver: bool = True, class_type: str | None = None) -> None:
         """The single exit of executor messages, where crash and socket-drop faults fire."""
         drop, crash = self.faults.at_event(str(event), class_type)
         if crash:
@@ -217,7 +213,7 @@ class PromptExecutor:
             self.catalog.dirs,
             inputs,
             self.caches.node_state(node_id),
-            self._progress_hook(class_type),
+            self._progress_hook(class_type, node_id),
             self._preview_hook(),
             self.faults.exec_s,
             {"return_types": self.catalog.return_types(class_type), "loaded_models": self.loaded_models},
@@ -227,11 +223,11 @@ class PromptExecutor:
         failure = self.faults.failure_for(class_type)
         if failure is not None:
             raise failure
-        if not spec.reports_progress and self.faults.wants_hold(class_type):
-            self.faults.hold()
+        if not spec.reports_progress and self.faults.wants_hold(class_type, node_id):
+            self.faults.hold(self.interrupt.is_set)
         return spec.run(context, **args)
 
-    def _progress_hook(self, class_type: str) -> Callable[[float, int], None]:
+    def _progress_hook(self, class_type: str, node_id: str) -> Callable[[float, int], None]:
         held = False
 
         def progress(value: float, total: int) -> None:
@@ -245,9 +241,9 @@ class PromptExecutor:
                 "node": self.messenger.last_node_id,
             }
             self.emit("progress", data, self.messenger.client_id, class_type=class_type)
-            if not held and self.faults.wants_hold(class_type):
+            if not held and self.faults.wants_hold(class_type, node_id):
                 held = True
-                self.faults.hold()
+                self.faults.hold(self.interrupt.is_set)
 
         return progress
 

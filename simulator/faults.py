@@ -4,8 +4,10 @@ Faults are armed with POST /__sim__/faults and are one-shot unless ``"sticky": t
 
 - ``{"hold": true, "hold_class": "WanVideoSamplerv2"}``: that node blocks until POST /__sim__/release,
   right after its first ``progress`` frame (for a class that never reports progress: right after its
-  ``executing`` frame). A release that comes first lets the next hold pass at once. Sticky holds stop
-  every run of the class once.
+  ``executing`` frame). ``"hold_node": "11"`` holds the node with that id instead. A release that comes
+  first lets the next hold pass at once. Sticky holds stop every run of the class once. POST /interrupt
+  also ends a hold (without using up a release): the interrupt then lands at the next progress tick or
+  node start, as after a long step.
 - ``{"fail_class": C, "exception_type": "torch.OutOfMemoryError", "exception_message": M}``: node class C
   raises that exception when it starts, giving a normal ``execution_error``.
 - ``{"drop_websockets_at": EVENT}``: every websocket is cut (no close frame) when the executor first
@@ -15,12 +17,17 @@ Faults are armed with POST /__sim__/faults and are one-shot unless ``"sticky": t
   would leave it.
 - ``{"exec_s": S}``: the sampler's simulated duration from now on.
 - ``{"clear": true}``: disarm everything.
+
+GET /__sim__/state summarises what the simulator saw; GET /__sim__/last_prompt returns the last POST /prompt
+body exactly as it arrived (before validation coerced ``"512"`` to ``512``), under ``body``.
 """
 
 from __future__ import annotations
 
 import builtins
+import copy
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +40,7 @@ FAULT_KEYS = frozenset(
     {
         "hold",
         "hold_class",
+        "hold_node",
         "fail_class",
         "exception_type",
         "exception_message",
@@ -61,6 +69,10 @@ class SimState:
     interrupts: int = 0
     #: Names (with subfolder) that POST /upload/image answered with.
     uploads: list[str] = field(default_factory=list)
+    #: Cache resets done for POST /free {"free_memory": true}; the worker applies them between prompts.
+    memory_frees: int = 0
+    #: The last POST /prompt body as it arrived, before validation coerced any value (GET /__sim__/last_prompt).
+    last_prompt_body: Any = None
 
 
 class Faults:
@@ -68,7 +80,8 @@ class Faults:
 
     def __init__(self, exec_s: float) -> None:
         self._lock = threading.Lock()
-        self._released = threading.Event()
+        self._wake = threading.Condition()
+        self._release_pending = False
         self._armed: dict[str, dict[str, Any]] = {}
         self.exec_s = exec_s
         self.held = False
@@ -84,7 +97,11 @@ class Faults:
             if "exec_s" in spec:
                 self.exec_s = float(spec["exec_s"])
             if spec.get("hold"):
-                self._armed["hold"] = {"class": spec.get("hold_class", DEFAULT_HOLD_CLASS), "sticky": sticky}
+                self._armed["hold"] = {
+                    "class": None if "hold_node" in spec else spec.get("hold_class", DEFAULT_HOLD_CLASS),
+                    "node": spec.get("hold_node"),
+                    "sticky": sticky,
+                }
             if "fail_class" in spec:
                 self._armed["fail"] = {
                     "class": spec["fail_class"],
@@ -124,41 +141,61 @@ class Faults:
             self._take("fail")
         return make_exception(str(fault["type"]), str(fault["message"]))
 
-    def wants_hold(self, class_type: str) -> bool:
+    def wants_hold(self, class_type: str, node_id: str) -> bool:
         with self._lock:
             fault = self._armed.get("hold")
-            if fault is None or fault["class"] != class_type:
+            if fault is None or (fault["class"], fault["node"]) not in ((class_type, None), (None, node_id)):
                 return False
             self._take("hold")
             return True
 
-    def hold(self) -> None:
-        """Block until released; consumes the release."""
-        self.held = True
-        try:
-            self._released.wait()
-            self._released.clear()
-        finally:
+    def hold(self, interrupted: Callable[[], bool]) -> None:
+        """Block until released (consuming the release) or until an interrupt is pending.
+
+        A hold stands for a long GPU step: an interrupt ends it, and the node's next progress tick (or the
+        next node's start) then raises, as it would after a real step (14, 15).
+        """
+        with self._wake:
+            self.held = True
+            while not self._release_pending and not interrupted():
+                self._wake.wait()
+            self._release_pending = False
             self.held = False
 
     def release(self) -> None:
-        self._released.set()
+        with self._wake:
+            self._release_pending = True
+            self._wake.notify_all()
+
+    def interrupt_arrived(self) -> None:
+        """Wake a hold so it can see the interrupt flag (called when POST /interrupt sets it)."""
+        with self._wake:
+            self._wake.notify_all()
 
     def record(
         self,
         *,
-        prompt: bool = False,
         interrupt: bool = False,
         upload: str | None = None,
         executed: str | None = None,
+        memory_free: bool = False,
     ) -> None:
         with self._lock:
-            self.state.prompts_received += int(prompt)
             self.state.interrupts += int(interrupt)
+            self.state.memory_frees += int(memory_free)
             if upload is not None:
                 self.state.uploads.append(upload)
             if executed is not None:
                 self.state.executed.append(executed)
+
+    def received_prompt(self, body: Any) -> None:
+        with self._lock:
+            self.state.prompts_received += 1
+            self.state.last_prompt_body = copy.deepcopy(body)
+
+    def last_prompt_body(self) -> Any:
+        with self._lock:
+            return copy.deepcopy(self.state.last_prompt_body)
 
     def snapshot(self, running: str | None) -> dict[str, Any]:
         with self._lock:
@@ -169,6 +206,7 @@ class Faults:
                 "uploads": list(self.state.uploads),
                 "running": running,
                 "held": self.held,
+                "memory_frees": self.state.memory_frees,
             }
 
 
@@ -178,7 +216,5 @@ def make_exception(type_name: str, message: str) -> Exception:
     builtin = getattr(builtins, name, None)
     if not module and isinstance(builtin, type) and issubclass(builtin, Exception):
         return builtin(message)
-    klass: type[Exception] = type(
-        name, (Exception,), {"__module__": module or "builtins", "__qualname__": name}
-    )
+    klass: type[Exception] = type(name, (Exception,), {"__module__": module or "builtins", "__qualname__": name})
     return klass(message)

@@ -154,9 +154,7 @@ def _immediate_signature(
     return signature
 
 
-def _ordered_ancestry(
-    prompt: Mapping[str, Any], node_id: str, ancestors: list[str], order: dict[str, int]
-) -> None:
+def _ordered_ancestry(prompt: Mapping[str, Any], node_id: str, ancestors: list[str], order: dict[str, int]) -> None:
     if node_id not in prompt:
         return
     inputs = prompt[node_id]["inputs"]

@@ -6,6 +6,7 @@ import logging
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from simulator.cache import KeyedCache
@@ -20,13 +21,20 @@ log = logging.getLogger("simulator.execution")
 class InterruptFlag:
     """comfy.model_management's interrupt_processing flag: set by POST /interrupt, cleared when checked."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_set: Callable[[], None] | None = None) -> None:
         self._lock = threading.Lock()
         self._set = False
+        self._on_set = on_set
 
     def set(self, value: bool = True) -> None:
         with self._lock:
             self._set = value
+        if value and self._on_set is not None:
+            self._on_set()
+
+    def is_set(self) -> bool:
+        with self._lock:
+            return self._set
 
     def raise_if_set(self) -> None:
         with self._lock:

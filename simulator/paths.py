@@ -32,9 +32,7 @@ class Dirs:
         return dirs
 
     def by_type(self, type_name: str | None) -> str | None:
-        return {"output": self.output_dir, "temp": self.temp_dir, "input": self.input_dir}.get(
-            type_name or ""
-        )
+        return {"output": self.output_dir, "temp": self.temp_dir, "input": self.input_dir}.get(type_name or "")
 
     def annotated(self, name: str) -> tuple[str, str | None]:
         """Strip a ``[output]``/``[input]``/``[temp]`` suffix and return the folder it names."""

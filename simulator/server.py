@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,8 +66,13 @@ class ComfyRoutes:
         self.number = 0
 
     async def post_prompt(self, request: web.Request) -> web.Response:
-        self.s.faults.record(prompt=True)
-        json_data: Any = await request.json()
+        text = await request.text()
+        json_data: Any = None
+        try:
+            json_data = json.loads(text)  # what request.json() does; a bad body becomes aiohttp's 500
+        finally:
+            # Counted even when the body is not JSON; kept as sent, before validation coerces it.
+            self.s.faults.received_prompt(json_data)
         if "number" in json_data:
             number: Any = float(json_data["number"])
         else:
@@ -172,6 +178,9 @@ class SimRoutes:
         self.s.faults.release()
         return web.json_response({"released": True})
 
+    async def last_prompt(self, request: web.Request) -> web.Response:
+        return web.json_response({"body": self.s.faults.last_prompt_body()})
+
     async def state(self, request: web.Request) -> web.Response:
         snapshot = self.s.faults.snapshot(self.s.queue.running_prompt_id())
         snapshot["sockets"] = sorted(self.s.messenger.sockets)
@@ -223,16 +232,19 @@ def build_app(services: Services, web_root: Path) -> web.Application:
     app.router.add_post("/__sim__/faults", sim.faults)
     app.router.add_post("/__sim__/release", sim.release)
     app.router.add_get("/__sim__/state", sim.state)
-    for method, path, handler in routes:
-        app.router.add_route(method, "/api" + path, handler)
-    for method, path, handler in routes:
-        app.router.add_route(method, path, handler)
+    app.router.add_get("/__sim__/last_prompt", sim.last_prompt)
+    # ComfyUI registers every route under /api too; its GET routes (RouteTableDef.get -> add_get) also
+    # answer HEAD, which recordings/g shows for /view.
+    for prefix in ("/api", ""):
+        for method, path, handler in routes:
+            if method == "GET":
+                app.router.add_get(prefix + path, handler)
+            else:
+                app.router.add_route(method, prefix + path, handler)
     index = web_root / "index.html"
 
     async def root(request: web.Request) -> web.FileResponse:
-        return web.FileResponse(
-            index, headers={"Cache-Control": "no-cache", "Pragma": "no-cache", "Expires": "0"}
-        )
+        return web.FileResponse(index, headers={"Cache-Control": "no-cache", "Pragma": "no-cache", "Expires": "0"})
 
     app.router.add_get("/", root)
     # Unknown GET paths fall through to the static web root, which answers 404 with an empty
@@ -248,9 +260,10 @@ def ensure_example_image(dirs: Dirs) -> None:
         Image.new("RGB", (EXAMPLE_IMAGE_PX, EXAMPLE_IMAGE_PX), EXAMPLE_IMAGE_RGB).save(path)
 
 
-def build_services(
-    settings: SimSettings, data_dir: Path, loop: asyncio.AbstractEventLoop
-) -> tuple[Services, Path]:
+def build_services(settings: SimSettings, data_dir: Path, loop: asyncio.AbstractEventLoop) -> tuple[Services, Path]:
+    # main.cleanup_temp(): every start empties temp/, so previews and save_output=false videos of a
+    # previous run are gone after a restart; input/ and output/ are kept.
+    shutil.rmtree(os.path.join(os.path.abspath(data_dir), "temp"), ignore_errors=True)
     dirs = Dirs.under(data_dir)
     ensure_example_image(dirs)
     web_root = data_dir / "web"
@@ -264,7 +277,7 @@ def build_services(
     messenger = Messenger(loop, lambda: queue_info(queue))
     queue = PromptQueue(messenger.queue_updated)
     faults = Faults(settings.exec_s)
-    interrupt = InterruptFlag()
+    interrupt = InterruptFlag(on_set=faults.interrupt_arrived)
     executor = PromptExecutor(catalog, messenger, faults, interrupt)
     services = Services(catalog, queue, messenger, executor, faults, interrupt, settings)
     PromptWorker(queue, executor, messenger, faults).start()

@@ -57,9 +57,7 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser.add_argument("--host", default=env("HOST", DEFAULT_HOST))
     parser.add_argument("--port", type=int, default=int(env("PORT", str(DEFAULT_PORT))))
     parser.add_argument("--data-dir", type=Path, default=env("DATA_DIR", "") or None)
-    parser.add_argument(
-        "--start-delay-s", type=float, default=float(env("START_DELAY_S", str(DEFAULT_START_DELAY_S)))
-    )
+    parser.add_argument("--start-delay-s", type=float, default=float(env("START_DELAY_S", str(DEFAULT_START_DELAY_S))))
     parser.add_argument("--device", choices=DEVICES, default=env("DEVICE", "cpu"))
     parser.add_argument("--exec-s", type=float, default=float(env("EXEC_S", str(DEFAULT_EXEC_S))))
     parser.add_argument("--missing-node", action="append", default=[], metavar="CLASS")

@@ -34,10 +34,7 @@ def full_type_name(klass: type) -> str:
 
 def is_link(value: Any) -> bool:
     return (
-        isinstance(value, list)
-        and len(value) == 2
-        and isinstance(value[0], str)
-        and isinstance(value[1], int | float)
+        isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int | float)
     )
 
 
@@ -160,9 +157,7 @@ class PromptValidator:
         error = _error("prompt_outputs_failed_validation", "Prompt outputs failed validation", details, {})
         return False, error, [], node_errors
 
-    def validate_inputs(
-        self, prompt: Any, unique_id: str, validated: Validated
-    ) -> tuple[bool, list[Any], str]:
+    def validate_inputs(self, prompt: Any, unique_id: str, validated: Validated) -> tuple[bool, list[Any], str]:
         if unique_id in validated:
             return validated[unique_id]
         inputs = prompt[unique_id]["inputs"]
@@ -178,9 +173,7 @@ class PromptValidator:
             input_type, category, extra_info = _input_info(input_types, x)
             if x not in inputs:
                 if category == "required":
-                    errors.append(
-                        _error("required_input_missing", "Required input is missing", x, {"input_name": x})
-                    )
+                    errors.append(_error("required_input_missing", "Required input is missing", x, {"input_name": x}))
                 continue
             info = [input_type, extra_info]
             if isinstance(inputs[x], list):

@@ -9,7 +9,7 @@ import time
 from simulator.execution import PromptExecutor
 from simulator.faults import Faults
 from simulator.messages import Messenger
-from simulator.prompt_queue import PromptQueue
+from simulator.prompt_queue import PromptQueue, QueueItem
 
 log = logging.getLogger("simulator.worker")
 
@@ -18,9 +18,7 @@ IDLE_WAKE_S = 1000.0
 
 
 class PromptWorker(threading.Thread):
-    def __init__(
-        self, queue: PromptQueue, executor: PromptExecutor, messenger: Messenger, faults: Faults
-    ) -> None:
+    def __init__(self, queue: PromptQueue, executor: PromptExecutor, messenger: Messenger, faults: Faults) -> None:
         super().__init__(name="prompt-worker", daemon=True)
         self._queue = queue
         self._executor = executor
@@ -38,8 +36,9 @@ class PromptWorker(threading.Thread):
                 self._executor.unload_models()
             if free_memory:
                 self._executor.reset()
+                self._faults.record(memory_free=True)
 
-    def _run_one(self, item: tuple, task_id: int) -> None:  # type: ignore[type-arg]
+    def _run_one(self, item: QueueItem, task_id: int) -> None:
         started = time.perf_counter()
         prompt_id = item[1]
         try:

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from celery import Celery
-from kombu import Queue
+from kombu.entity import Queue
 
 from producer.celeryconf import shared_config
 from worker.gate import ComfyGate
@@ -39,7 +39,7 @@ def worker_config(settings: WorkerSettings) -> dict[str, Any]:
     }
     config.update({
         "dance_settings": settings,
-        "task_queues": [Queue(name, routing_key=name) for name in settings.queues],
+        "task_queues": [Queue(name, routing_key=name) for name in settings.queues],  # type: ignore[no-untyped-call]
         "task_default_queue": settings.queues[0],
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,

@@ -12,7 +12,7 @@ import mimetypes
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import requests
 
@@ -24,9 +24,11 @@ from producer.errors import (
     DanceError,
     error,
 )
+from worker.storage.base import Readable
 
 #: Bytes per chunk when streaming a file from /view.
 VIEW_CHUNK_BYTES = 1 << 20
+HTTP_OK, HTTP_BAD_REQUEST, HTTP_SERVER_ERROR = 200, 400, 500
 #: Timeout of a readiness probe request, in seconds: short, so a hung ComfyUI is noticed.
 PROBE_TIMEOUT_S = 2.0
 
@@ -104,7 +106,7 @@ class ComfyHttp:
         """
         body = {"prompt": prompt, "client_id": client_id, "extra_data": extra}
         response = self._request("POST", "/prompt", json=body)
-        if response.status_code == requests.codes.bad_request:
+        if response.status_code == HTTP_BAD_REQUEST:
             payload = _json_or_none(response) or {}
             raise _rejected(COMFY_PROMPT_REJECTED, payload)
         payload = self._decode(response, "/prompt")
@@ -124,18 +126,19 @@ class ComfyHttp:
         self._request("POST", "/history", json={"delete": prompt_ids})
 
     @contextlib.contextmanager
-    def view(self, item: OutputFile) -> Iterator[BinaryIO]:
+    def view(self, item: OutputFile) -> Iterator[Readable]:
         """Stream one output file: yields a readable that never holds the whole body."""
         params = {"filename": item.filename, "subfolder": item.subfolder, "type": item.type}
         response = self._request("GET", "/view", params=params, stream=True)
         try:
-            if response.status_code != requests.codes.ok:
+            if response.status_code != HTTP_OK:
                 raise error(
                     COMFY_PROTOCOL, f"GET /view for {item.filename} answered {response.status_code}",
                     status=response.status_code, filename=item.filename, subfolder=item.subfolder,
                 )
             response.raw.decode_content = True
-            yield response.raw
+            body: Readable = response.raw
+            yield body
         finally:
             response.close()
 
@@ -156,13 +159,13 @@ class ComfyHttp:
             ) from exc
 
     def _decode(self, response: requests.Response, path: str) -> dict[str, Any]:
-        if response.status_code >= requests.codes.server_error:
+        if response.status_code >= HTTP_SERVER_ERROR:
             raise error(
                 COMFY_PROTOCOL, f"ComfyUI answered {response.status_code} to {path}",
                 status=response.status_code, path=path, body=response.text[:500],
             )
         payload = _json_or_none(response)
-        if response.status_code != requests.codes.ok or not isinstance(payload, dict):
+        if response.status_code != HTTP_OK or not isinstance(payload, dict):
             raise error(
                 COMFY_PROTOCOL, f"ComfyUI answered {response.status_code} with no JSON object to {path}",
                 status=response.status_code, path=path, body=response.text[:500],
@@ -178,7 +181,8 @@ def _json_or_none(response: requests.Response) -> Any:
 
 
 def _rejected(code: str, payload: dict[str, Any]) -> DanceError:
-    top = payload.get("error") if isinstance(payload.get("error"), dict) else {}
+    raw_top = payload.get("error")
+    top: dict[str, Any] = raw_top if isinstance(raw_top, dict) else {}
     nodes = summarize_node_errors(payload.get("node_errors") or {})
     head = str(top.get("message") or "ComfyUI rejected part of the workflow")
     first = next(iter(nodes.values()), None)

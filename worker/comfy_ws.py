@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import socket
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -71,7 +70,7 @@ class EventSocket:
         self._ws.settimeout(max(timeout_s, 0.01))
         try:
             opcode, frame = self._ws.recv_data()
-        except (websocket.WebSocketTimeoutException, socket.timeout):
+        except (TimeoutError, websocket.WebSocketTimeoutException):
             return None
         except (OSError, websocket.WebSocketException) as exc:
             # websocket-client raises WebSocketConnectionClosedException ~0.1 s after a kill -9

@@ -136,6 +136,7 @@ def _bind(
 
 
 def _execute(runtime: Runtime, ctx: JobContext, graph: dict[str, Any]) -> PromptOutcome:
+    ctx.progress.node_classes = {node_id: node["class_type"] for node_id, node in graph.items()}
     ctx.progress.stage_changed("executing")
     # A fresh client id per attempt: a stale socket of an earlier attempt can never steal the
     # registration of this one (19_two_clients).
@@ -166,18 +167,20 @@ def _record(
     stored = store_outputs(runtime.http, runtime.storage, ctx.job_id, outcome.outputs)
     ctx.timings.upload_s = time.monotonic() - began
     ctx.timings.total_s = time.time() - ctx.started_at
-    result = {
+    params = {**request.to_payload(), "seed": seed, "notes": list(request.notes)}
+    # Media URLs may carry signed-URL tokens or credentials; results and manifests never do.
+    params["reference_image"] = redact_url(request.reference_image)
+    params["dance_video"] = redact_url(request.dance_video)
+    result: dict[str, Any] = {
         "job_id": ctx.job_id,
         "status": "succeeded",
         "outputs": stored,
         "seed": seed,
-        "params": {**request.to_payload(), "seed": seed, "notes": list(request.notes)},
+        "params": params,
         "timings": {name: round(value, 3) for name, value in vars(ctx.timings).items()},
         "worker": {"hostname": ctx.hostname, "device": runtime.device},
         "comfyui": {"prompt_id": outcome.prompt_id, "cached_nodes": list(outcome.cached_nodes)},
     }
-    result["params"]["reference_image"] = redact_url(request.reference_image)
-    result["params"]["dance_video"] = redact_url(request.dance_video)
     manifest = runtime.storage.put_bytes(
         f"{ctx.job_id}/{MANIFEST_NAME}", json.dumps(result, indent=2).encode(), "application/json"
     )

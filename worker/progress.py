@@ -10,6 +10,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from producer.progressbar import describe_progress
+
 #: Shortest pause between two published progress updates of one job, in seconds.
 MIN_INTERVAL_S = 0.5
 PROGRESS_STATE = "PROGRESS"
@@ -21,6 +23,8 @@ class ProgressReporter:
         self.job_id = job_id
         self.stage = "starting"
         self.last: dict[str, Any] = {}
+        #: node id → class_type of the prompt being run, so progress names the node's kind.
+        self.node_classes: dict[str, str] = {}
         self._last_sent = 0.0
 
     def stage_changed(self, stage: str) -> None:
@@ -30,6 +34,7 @@ class ProgressReporter:
 
     def comfy(self, update: dict[str, Any]) -> None:
         """A progress or executing update from ComfyUI (see worker.execution.Tracker)."""
+        update = {**update, "class_type": self.node_classes.get(str(update.get("node")))}
         node_changed = update.get("node") != self.last.get("node")
         finished_node = update.get("max") and update.get("value") == update.get("max")
         self._publish(update, force=bool(node_changed or finished_node))
@@ -42,14 +47,4 @@ class ProgressReporter:
         self.last = update
         meta = {"job_id": self.job_id, "stage": self.stage, **update}
         self.task.update_state(state=PROGRESS_STATE, meta=meta)
-        self.task.send_event("task-progress", result=describe(meta), **meta)
-
-
-def describe(meta: dict[str, Any]) -> str:
-    """One line for humans: ``executing node 348: 3/6 (50.0%)``."""
-    text = str(meta.get("stage"))
-    if meta.get("node"):
-        text += f" node {meta['node']}"
-    if meta.get("max"):
-        text += f": {meta['value']}/{meta['max']} ({meta['percent']}%)"
-    return text
+        self.task.send_event("task-progress", result=describe_progress(meta), **meta)

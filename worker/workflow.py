@@ -56,7 +56,8 @@ class Workflow:
         refs = []
         for node_id, node in self.graph.items():
             for name, value in node["inputs"].items():
-                if isinstance(value, str) and value.lower().endswith(MODEL_EXTENSIONS) and not PLACEHOLDER.search(value):
+                names_model = isinstance(value, str) and value.lower().endswith(MODEL_EXTENSIONS)
+                if names_model and not PLACEHOLDER.search(value):
                     refs.append(ModelRef(node_id, node["class_type"], name, value))
         return refs
 

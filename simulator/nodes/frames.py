@@ -189,9 +189,7 @@ class ResizedFrames(FrameSource):
 class CompositeFrames(FrameSource):
     """The simulated generation: the reference image at full size with each driving frame inset."""
 
-    def __init__(
-        self, reference: np.ndarray, driving: FrameSource, width: int, height: int, count: int
-    ) -> None:
+    def __init__(self, reference: np.ndarray, driving: FrameSource, width: int, height: int, count: int) -> None:
         self.base = resize_frame(to_uint8(reference), width, height, "bilinear")
         self.driving, self.width, self.height, self.count = driving, width, height, count
 

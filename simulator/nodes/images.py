@@ -66,9 +66,7 @@ def load_image_valid(dirs: Dirs, inputs: Mapping[str, Any]) -> bool | str:
     return True
 
 
-def scale_images(
-    images: np.ndarray, width: int, height: int, method: str, crop: str = "disabled"
-) -> np.ndarray:
+def scale_images(images: np.ndarray, width: int, height: int, method: str, crop: str = "disabled") -> np.ndarray:
     out = []
     for frame in images:
         pixels = to_uint8(frame)
@@ -78,9 +76,7 @@ def scale_images(
     return np.stack(out)
 
 
-def image_scale(
-    ctx: NodeContext, image: Any, upscale_method: str, width: int, height: int, crop: str
-) -> NodeOutput:
+def image_scale(ctx: NodeContext, image: Any, upscale_method: str, width: int, height: int, crop: str) -> NodeOutput:
     images = as_array(image)
     if width == 0 and height == 0:
         return NodeOutput((images,))

@@ -72,11 +72,7 @@ def _evaluate(node: ast.AST, names: dict[str, Any]) -> Any:
         return CALCULATOR_OPERATORS[type(node.op)](_evaluate(node.left, names), _evaluate(node.right, names))
     if isinstance(node, ast.UnaryOp) and type(node.op) in CALCULATOR_OPERATORS:
         return CALCULATOR_OPERATORS[type(node.op)](_evaluate(node.operand, names))
-    if (
-        isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Name)
-        and node.func.id in CALCULATOR_FUNCTIONS
-    ):
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in CALCULATOR_FUNCTIONS:
         return CALCULATOR_FUNCTIONS[node.func.id](*(_evaluate(arg, names) for arg in node.args))
     raise ValueError(f"Unsupported expression element {type(node).__name__}")
 

@@ -53,7 +53,7 @@ REGISTRY: dict[str, NodeSpec] = {
     "CreateVideo": NodeSpec(video.create_video),
     "SaveVideo": NodeSpec(video.save_video),
     "SaveWEBM": NodeSpec(video.save_webm),
-    "LoadVideo": NodeSpec(video.load_video, ("file",), vhs.video_file_valid, vhs.video_file_changed),
+    "LoadVideo": NodeSpec(video.load_video, ("file",), vhs.video_file_valid, video.load_video_changed),
     "GetVideoComponents": NodeSpec(video.get_video_components),
     "UpscaleModelLoader": NodeSpec(upscale.upscale_model_loader),
     "ImageUpscaleWithModel": NodeSpec(upscale.image_upscale_with_model, reports_progress=True),

@@ -42,9 +42,7 @@ def _save_pngs(ctx: NodeContext, images: Any, prefix: str, folder: str, kind: st
     for number, image in enumerate(pil_frames(batch)):
         name = path.filename.replace("%batch_num%", str(number))
         file = f"{name}_{counter:05}_.png"
-        image.save(
-            os.path.join(path.full_output_folder, file), pnginfo=_png_metadata(ctx), compress_level=level
-        )
+        image.save(os.path.join(path.full_output_folder, file), pnginfo=_png_metadata(ctx), compress_level=level)
         results.append({"filename": file, "subfolder": path.subfolder, "type": kind})
         counter += 1
     return NodeOutput((), {"images": results})

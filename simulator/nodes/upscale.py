@@ -28,9 +28,7 @@ class UpscaleModel:
         return f"<spandrel.ImageModelDescriptor {self.name} x{self.scale}>"
 
 
-def tiled_scale_steps(
-    width: int, height: int, tile: int = UPSCALE_TILE_PX, overlap: int = UPSCALE_OVERLAP_PX
-) -> int:
+def tiled_scale_steps(width: int, height: int, tile: int = UPSCALE_TILE_PX, overlap: int = UPSCALE_OVERLAP_PX) -> int:
     """comfy.utils.get_tiled_scale_steps: 1200x900 gives 6 steps (07), 2042x2048 gives 25 (14)."""
     rows = 1 if height <= tile else math.ceil((height - overlap) / (tile - overlap))
     cols = 1 if width <= tile else math.ceil((width - overlap) / (tile - overlap))

@@ -175,9 +175,7 @@ def _progress_frames(ctx: NodeContext, source: FrameSource, first_png: str) -> I
             metadata = PngInfo()
             for key, value in _metadata(ctx).items():
                 metadata.add_text(key, value)
-            Image.fromarray(frame).save(
-                first_png, pnginfo=metadata, compress_level=METADATA_PNG_COMPRESS_LEVEL
-            )
+            Image.fromarray(frame).save(first_png, pnginfo=metadata, compress_level=METADATA_PNG_COMPRESS_LEVEL)
         yield frame
         ctx.progress(index, source.count)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from fractions import Fraction
 from typing import Any
 
@@ -13,7 +13,7 @@ import numpy as np
 
 from simulator.nodes.base import NodeContext, NodeOutput
 from simulator.nodes.frames import MAX_RATE_DENOMINATOR, ClipFrames, ClipSelection, FrameSource, as_source
-from simulator.paths import save_image_path
+from simulator.paths import Dirs, save_image_path
 
 #: SaveVideo's metadata-friendly MP4 muxer option.
 MP4_OPTIONS = {"movflags": "use_metadata_tags"}
@@ -66,9 +66,7 @@ def create_video(ctx: NodeContext, images: Any, fps: float, audio: Any = None) -
     return NodeOutput((VideoValue(images, Fraction(fps), audio),))
 
 
-def save_video(
-    ctx: NodeContext, video: VideoValue, filename_prefix: str, format: str, codec: str
-) -> NodeOutput:
+def save_video(ctx: NodeContext, video: VideoValue, filename_prefix: str, format: str, codec: str) -> NodeOutput:
     path = save_image_path(filename_prefix, ctx.dirs.output_dir)
     file = f"{path.filename}_{path.counter:05}_.mp4"
     if format not in ("auto", "mp4"):
@@ -90,9 +88,7 @@ def save_video(
     return NodeOutput((), {"images": results, "animated": [True]})
 
 
-def save_webm(
-    ctx: NodeContext, images: Any, filename_prefix: str, codec: str, fps: float, crf: float
-) -> NodeOutput:
+def save_webm(ctx: NodeContext, images: Any, filename_prefix: str, codec: str, fps: float, crf: float) -> NodeOutput:
     source = as_source(images)
     path = save_image_path(filename_prefix, ctx.dirs.output_dir)
     file = f"{path.filename}_{path.counter:05}_.webm"
@@ -114,6 +110,11 @@ def save_webm(
 def load_video(ctx: NodeContext, file: str) -> NodeOutput:
     clip = ClipFrames(ctx.dirs.input_path(file), ClipSelection())
     return NodeOutput((VideoValue(clip, Fraction(clip.source_fps).limit_denominator(MAX_RATE_DENOMINATOR)),))
+
+
+def load_video_changed(dirs: Dirs, inputs: Mapping[str, Any]) -> float:
+    """LoadVideo.IS_CHANGED uses the file's mtime (not a hash) to spare rehashing large videos."""
+    return os.path.getmtime(dirs.input_path(str(inputs["file"])))
 
 
 def get_video_components(ctx: NodeContext, video: VideoValue) -> NodeOutput:

@@ -77,9 +77,7 @@ def empty_embeds(ctx: NodeContext, width: int, height: int, num_frames: int, **_
     return NodeOutput(pad_outputs(ctx, (SceneEmbeds(int(width), int(height), int(num_frames)),)))
 
 
-def add_reference_embeds(
-    ctx: NodeContext, embeds: SceneEmbeds, ref_image: Any, **_options: Any
-) -> NodeOutput:
+def add_reference_embeds(ctx: NodeContext, embeds: SceneEmbeds, ref_image: Any, **_options: Any) -> NodeOutput:
     reference = ref_image if isinstance(ref_image, np.ndarray) else None
     _vae_encode_ticks(ctx, 1 if reference is None else reference.shape[0])
     return NodeOutput(pad_outputs(ctx, (replace(embeds, reference=reference),)))
@@ -108,17 +106,13 @@ def pose_detection(ctx: NodeContext, images: Any, **_options: Any) -> NodeOutput
     return NodeOutput(pad_outputs(ctx, ()))
 
 
-def render_nlf_poses(
-    ctx: NodeContext, nlf_poses: Any, width: int, height: int, **_options: Any
-) -> NodeOutput:
+def render_nlf_poses(ctx: NodeContext, nlf_poses: Any, width: int, height: int, **_options: Any) -> NodeOutput:
     if not isinstance(nlf_poses, FrameSource):
         raise ValueError("RenderNLFPoses needs NLFPredict poses")
     return NodeOutput(pad_outputs(ctx, (ResizedFrames(nlf_poses, max(1, int(width)), max(1, int(height))),)))
 
 
-def scheduler(
-    ctx: NodeContext, steps: int, start_step: int = 0, end_step: int = -1, **_options: Any
-) -> NodeOutput:
+def scheduler(ctx: NodeContext, steps: int, start_step: int = 0, end_step: int = -1, **_options: Any) -> NodeOutput:
     return NodeOutput(pad_outputs(ctx, (Schedule(int(steps), int(start_step), int(end_step)),)))
 
 
@@ -182,7 +176,5 @@ def decode(
                 ctx.progress(frame, inner)
             ctx.progress(0, inner)
             ctx.progress(tile, rows * cols)
-    frames = CompositeFrames(
-        samples.reference[0], samples.poses, samples.width, samples.height, samples.num_frames
-    )
+    frames = CompositeFrames(samples.reference[0], samples.poses, samples.width, samples.height, samples.num_frames)
     return NodeOutput(pad_outputs(ctx, (frames,)))

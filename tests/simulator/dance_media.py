@@ -26,9 +26,7 @@ def reference_png(size: tuple[int, int] = (96, 128), color: tuple[int, int, int]
     return buffer.getvalue()
 
 
-def write_clip(
-    path: Path, frames: int, size: tuple[int, int] = (64, 96), fps: int = 24, audio: bool = False
-) -> Path:
+def write_clip(path: Path, frames: int, size: tuple[int, int] = (64, 96), fps: int = 24, audio: bool = False) -> Path:
     """An h264 MP4 whose frames fade from black to white, optionally with a sine tone."""
     with av.open(str(path), mode="w") as container:
         video = container.add_stream("libx264", rate=fps)

@@ -21,8 +21,9 @@ import requests
 from tests.fixtures.comfysim import Frame
 
 HERE = Path(__file__).resolve().parent
-#: Where the transcripts live: the copies beside the tests, else the shared protocol folder.
-RECORDING_DIRS = (HERE / "recordings", HERE.parents[2] / "shared" / "comfyui-protocol")
+#: Where the transcripts live: those recorded here (a-g) and a copy of the project's recorded protocol
+#: (shared/comfyui-protocol, ComfyUI 0.3.39), kept beside the tests so a clean clone has them.
+RECORDING_DIRS = (HERE / "recordings", HERE / "recordings" / "protocol")
 #: Timeout of one replayed HTTP request, in seconds.
 HTTP_TIMEOUT_S = 30.0
 
@@ -173,9 +174,7 @@ def frame_record(frame: Frame) -> dict[str, Any]:
     data = frame.binary or b""
     event_type, format_code = struct.unpack(">II", data[:8])
     width, height = struct.unpack(">II", data[8 + 16 : 8 + 24])
-    return {
-        "binary": {"event_type": event_type, "image_format_code": format_code, "image_size": [width, height]}
-    }
+    return {"binary": {"event_type": event_type, "image_format_code": format_code, "image_size": [width, height]}}
 
 
 def recorded_frame(entry: dict[str, Any]) -> dict[str, Any]:

@@ -70,8 +70,7 @@ for _name in PROMPT_SCENARIOS:
 def run_misc(session: ProtocolSession) -> dict[str, Any]:
     return {
         "pairs": [
-            (recorded, replay_request(session.sim.url, recorded))
-            for recorded in recording("09_misc_endpoints.json")
+            (recorded, replay_request(session.sim.url, recorded)) for recorded in recording("09_misc_endpoints.json")
         ]
     }
 

@@ -2,7 +2,8 @@
 
 The recordings made jobs slow with 2048-pixel images; here the images are shrunk (so CI stays small) and
 the ``hold`` fault stops the slow node at a known point instead, so every step happens deterministically
-mid-run. ``shrink`` is applied to both the request and the recorded expectations.
+mid-run. POST /interrupt ends a hold by itself, as it ends a long step. ``shrink`` is applied to both the
+request and the recorded expectations.
 """
 
 from __future__ import annotations
@@ -54,7 +55,6 @@ def run_interrupt_and_delete(session: ProtocolSession) -> dict[str, Any]:
     observed["delete_unknown"] = exchange(session.sim.url, "POST", "/queue", json={"delete": ["no-such-id"]})
     observed["queue_after_delete"] = session.get("/queue")
     observed["interrupt"] = exchange(session.sim.url, "POST", "/interrupt")
-    session.sim.release()
     observed["clientA"] = client_a.wait_done(ids[2])
     observed["clientB"] = client_b.wait_for(
         lambda f: len(f) >= len(recorded["clientB_types"]) and f, what="B's status frames"
@@ -79,7 +79,6 @@ def run_interrupt_non_progress(session: ProtocolSession) -> dict[str, Any]:
         what="node 2 executing",
     )
     interrupt = exchange(session.sim.url, "POST", "/interrupt")
-    session.sim.release()
     frames = client.wait_done(prompt_id)
     client.take()
     return {"post": post, "interrupt": interrupt, "frames": frames, "history": session.history(prompt_id)}
@@ -110,7 +109,6 @@ def run_queue_clear(session: ProtocolSession) -> dict[str, Any]:
     observed["clear"] = exchange(session.sim.url, "POST", "/queue", json={"clear": True})
     observed["queue_after"] = session.get("/queue")
     observed["interrupt"] = exchange(session.sim.url, "POST", "/interrupt")
-    session.sim.release()
     observed["frames"] = client.wait_done(posts[0]["json"]["prompt_id"])
     client.take()
     return observed

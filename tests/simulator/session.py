@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import io
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from PIL import Image
 
@@ -113,8 +113,7 @@ class ProtocolSession:
             response = self.get(f"/history/{prompt_id}")
             return response if response["json"] else None
 
-        result: dict[str, Any] = wait_until(present, HISTORY_TIMEOUT_S, f"history of {prompt_id}")  # type: ignore[assignment]
-        return result
+        return cast(dict[str, Any], wait_until(present, HISTORY_TIMEOUT_S, f"history of {prompt_id}"))
 
     def run_prompt(self, client_id: str | None, body: dict[str, Any]) -> dict[str, Any]:
         """POST a prompt, wait for its end, and capture response, frames, history and output views."""

@@ -29,9 +29,7 @@ def _without_progress_values(frames: list[dict[str, Any]]) -> list[dict[str, Any
         if frame.get("json", {}).get("type") != "progress":
             out.append(frame)
         elif not (out and out[-1].get("json", {}).get("type") == "progress"):
-            out.append(
-                {"json": {"type": "progress", "data": {**frame["json"]["data"], "value": "*", "max": "*"}}}
-            )
+            out.append({"json": {"type": "progress", "data": {**frame["json"]["data"], "value": "*", "max": "*"}}})
     return out
 
 
@@ -67,9 +65,7 @@ def _shrunk_exchange(recorded: dict[str, Any]) -> dict[str, Any]:
 def shrink_queue(body: Any) -> Any:
     """Apply the test's image shrinking to the prompts a recorded /queue or /history body holds."""
     if isinstance(body, dict) and set(body) == {"queue_running", "queue_pending"}:
-        return {
-            key: [[*item[:2], shrink(item[2]), *item[3:]] for item in items] for key, items in body.items()
-        }
+        return {key: [[*item[:2], shrink(item[2]), *item[3:]] for item in items] for key, items in body.items()}
     if isinstance(body, dict):
         return {
             key: {**entry, "prompt": [*entry["prompt"][:2], shrink(entry["prompt"][2]), *entry["prompt"][3:]]}
@@ -146,9 +142,7 @@ def test_history_delete_clear_and_free_answer_as_recorded(protocol: ProtocolSess
     for exchange_recorded, actual in observed["pairs"]:
         mine, theirs = Normalizer(protocol.input_dir), Normalizer()
         expected = (
-            _shrunk_exchange(exchange_recorded)
-            if exchange_recorded["response"].get("json")
-            else exchange_recorded
+            _shrunk_exchange(exchange_recorded) if exchange_recorded["response"].get("json") else exchange_recorded
         )
         assert_same_response(actual, expected, mine, theirs)
 

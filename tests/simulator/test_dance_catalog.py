@@ -20,9 +20,7 @@ HTTP_TIMEOUT_S = 30.0
 
 
 def upload(sim: ComfySim, name: str, body: bytes, kind: str) -> dict[str, Any]:
-    response = requests.post(
-        f"{sim.url}/upload/image", files={"image": (name, body, kind)}, timeout=HTTP_TIMEOUT_S
-    )
+    response = requests.post(f"{sim.url}/upload/image", files={"image": (name, body, kind)}, timeout=HTTP_TIMEOUT_S)
     response.raise_for_status()
     result: dict[str, Any] = response.json()
     return result
@@ -74,9 +72,7 @@ def run_dance(
 
 
 def history_of(sim: ComfySim, prompt_id: str) -> dict[str, Any]:
-    entry: dict[str, Any] = requests.get(f"{sim.url}/history/{prompt_id}", timeout=HTTP_TIMEOUT_S).json()[
-        prompt_id
-    ]
+    entry: dict[str, Any] = requests.get(f"{sim.url}/history/{prompt_id}", timeout=HTTP_TIMEOUT_S).json()[prompt_id]
     return entry
 
 
@@ -187,9 +183,7 @@ def test_missing_nodes_and_models_disappear_from_object_info(comfysim: Any) -> N
         f"{sim.url}/prompt", json={"prompt": bound_workflow(dance_values())}, timeout=HTTP_TIMEOUT_S
     )
     assert response.status_code == 400
-    assert (
-        response.json()["error"]["message"] == "Cannot execute because node WanVideoSamplerv2 does not exist."
-    )
+    assert response.json()["error"]["message"] == "Cannot execute because node WanVideoSamplerv2 does not exist."
 
 
 @pytest.mark.parametrize(("device", "kind"), [("cpu", "cpu"), ("cuda", "cuda")])

@@ -54,16 +54,13 @@ def history_of_or_none(sim: ComfySim, prompt_id: str) -> dict[str, Any] | None:
     return body.get(prompt_id)
 
 
-def test_interrupt_of_a_held_sampler_takes_effect_at_its_next_progress_tick(
-    comfysim: Any, tmp_path: Path
-) -> None:
+def test_interrupt_ends_a_hold_and_lands_at_the_samplers_next_progress_tick(comfysim: Any, tmp_path: Path) -> None:
     sim = comfysim(exec_s=0.1)
     sim.faults({"hold": True})
     socket = WsRecorder(sim.ws_url, CLIENT)
     prompt_id = submit(sim, tmp_path)
     wait_until(lambda: sim.state()["held"], WAIT_S, "the sampler to be held")
     requests.post(f"{sim.url}/interrupt", timeout=HTTP_TIMEOUT_S)
-    sim.release()
     frames = socket.wait_done(prompt_id)
     interrupted = [f.json["data"] for f in frames if f.type == "execution_interrupted"]
     assert [(d["node_id"], d["node_type"]) for d in interrupted] == [(SAMPLER, "WanVideoSamplerv2")]
@@ -117,9 +114,7 @@ def test_injected_failure_is_an_execution_error_of_that_node_once(comfysim: Any,
     assert history_of(sim, next_id)["status"]["status_str"] == "success"
 
 
-def test_dropped_websockets_close_abruptly_while_the_prompt_keeps_running(
-    comfysim: Any, tmp_path: Path
-) -> None:
+def test_dropped_websockets_close_abruptly_while_the_prompt_keeps_running(comfysim: Any, tmp_path: Path) -> None:
     sim = comfysim(exec_s=0.1)
     sim.faults({"drop_websockets_at": "progress:WanVideoSamplerv2"})
     socket = WsRecorder(sim.ws_url, CLIENT)
@@ -158,5 +153,15 @@ def test_faults_endpoint_rejects_unknown_keys_and_sets_exec_time(comfysim: Any) 
         "uploads": [],
         "running": None,
         "held": False,
+        "memory_frees": 0,
         "sockets": [],
     }
+
+
+def test_last_prompt_is_the_body_as_sent_before_validation_coerces_it(comfysim: Any, tmp_path: Path) -> None:
+    # Given a prompt whose numbers arrive as strings
+    sim = comfysim(exec_s=0.1)
+    submit(sim, tmp_path, client_id=None)
+    # Then the simulator's log keeps the strings the client sent (validation coerces only the queued copy)
+    assert sim.last_prompt()["203"]["inputs"]["value"] == "128"
+    assert sim.state()["prompts_received"] == 1

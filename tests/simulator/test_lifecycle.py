@@ -40,9 +40,7 @@ def test_connections_are_refused_until_the_start_delay_passes_then_everything_an
     socket.close()
     assert (stats.status_code, root.status_code, root.headers["Content-Type"]) == (200, 200, "text/html")
     recorded = recording("01_startup.json")["runs"][0]["system_stats"]
-    assert set(stats.json()) == set(recorded) and set(stats.json()["devices"][0]) == set(
-        recorded["devices"][0]
-    )
+    assert set(stats.json()) == set(recorded) and set(stats.json()["devices"][0]) == set(recorded["devices"][0])
     assert first["type"] == "status" and len(first["data"]["sid"]) == 32
 
 
@@ -61,9 +59,7 @@ def test_sigkill_mid_run_loses_the_prompt_and_a_restart_is_empty_but_keeps_file_
     done = WsRecorder(sim.ws_url, "probe-kill-A")
     done.wait_done(requests.post(f"{sim.url}/prompt", json=basic, timeout=HTTP_TIMEOUT_S).json()["prompt_id"])
     sim.faults({"hold": True, "hold_class": "ImageUpscaleWithModel"})
-    slow = requests.post(
-        f"{sim.url}/prompt", json=shrink(recorded["post"]["request_json"]), timeout=HTTP_TIMEOUT_S
-    )
+    slow = requests.post(f"{sim.url}/prompt", json=shrink(recorded["post"]["request_json"]), timeout=HTTP_TIMEOUT_S)
     killed_id = slow.json()["prompt_id"]
     done.wait_for(lambda frames: any(f.type == "progress" for f in frames), what="progress")
     # When it is SIGKILLed

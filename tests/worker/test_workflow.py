@@ -11,8 +11,6 @@ from producer import errors
 from worker.settings import DEFAULT_WORKFLOW_PATH
 from worker.workflow import KNOWN_PLACEHOLDERS, load_workflow, parse_workflow
 
-REFERENCE = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference" / "original-dance-scail.workflow.json"
-
 
 def values(**overrides: object) -> dict[str, object]:
     base: dict[str, object] = {

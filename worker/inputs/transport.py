@@ -95,14 +95,15 @@ class PinnedAdapter(HTTPAdapter):
     def get_connection_with_tls_context(
         self, request: PreparedRequest, verify: Any, proxies: Any = None, cert: Any = None
     ) -> HTTPConnectionPool:
-        host_params, pool_kwargs = self.build_connection_pool_key_attributes(request, verify, cert)
-        host_params = {**host_params, "host": self._address}
+        host_attrs, pool_attrs = self.build_connection_pool_key_attributes(request, verify, cert)
+        host_params: dict[str, Any] = {**host_attrs, "host": self._address}
+        pool_kwargs: dict[str, Any] = dict(pool_attrs)
         base: type[HTTPConnection] = HTTPConnection
         if host_params.get("scheme") == "https":
-            pool_kwargs = {**pool_kwargs, "server_hostname": self._hostname}
+            pool_kwargs["server_hostname"] = self._hostname
             pool_kwargs["assert_hostname"] = self._hostname
             base = HTTPSConnection
-        pool = self.poolmanager.connection_from_host(**host_params, pool_kwargs=pool_kwargs)
+        pool: HTTPConnectionPool = self.poolmanager.connection_from_host(**host_params, pool_kwargs=pool_kwargs)
         # One adapter serves one hop, so its pools are its own and may carry the watched class.
         pool.ConnectionCls = _watched(base, self._deadline)
         return pool

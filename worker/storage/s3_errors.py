@@ -71,7 +71,7 @@ def root_cause(exc: BaseException) -> BaseException:
 
 def client_error_parts(exc: ClientError) -> tuple[str, int]:
     """The S3 error code and HTTP status of a ClientError."""
-    response: dict[str, Any] = exc.response or {}
+    response: dict[str, Any] = dict(exc.response or {})
     code = str(response.get("Error", {}).get("Code", ""))
     status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
     return code, status
