@@ -36,7 +36,7 @@ lint-docker: venv
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec compose.yaml compose.worker.yaml
 
 test: venv redis-server lint
-	$(PY) -m pytest -q
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q
 
 demo: venv redis-server
 	$(PY) -m demo

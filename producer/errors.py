@@ -80,6 +80,10 @@ class ModelRejected(PermanentError):
     """A model file is wrong (checksum or size differ from the list) or its URL answers a client error."""
 
 
+class WebhookRejected(PermanentError):
+    """A callback endpoint may not be called (SSRF guard) or refused the delivery with a client error."""
+
+
 # Retryable branch ---------------------------------------------------------------------------------------
 class ComfyUnavailable(RetryableError):
     """ComfyUI cannot be reached or dropped the connection."""
@@ -99,6 +103,10 @@ class BrokerUnavailable(RetryableError):
 
 class ModelUnavailable(RetryableError):
     """A model host failed in a way that may heal (5xx, timeout, dropped connection), or the folder is busy."""
+
+
+class WebhookUnavailable(RetryableError):
+    """A callback endpoint failed in a way that may heal (5xx, timeout, refused); the delivery is retried."""
 
 
 @dataclass(frozen=True)
@@ -174,6 +182,9 @@ COMFY_PROTOCOL = _code("comfyui.protocol_error", ComfyUnavailable, "ComfyUI answ
 
 JOB_DEADLINE = _code("job.deadline_exceeded", JobEnded, "the job ran past its execution deadline")
 JOB_CANCELLED = _code("job.cancelled", JobEnded, "the job was cancelled")
+JOB_BUSY_ELSEWHERE = _code(
+    "job.busy_elsewhere", RetryableError, "another worker still holds this job's execution lease"
+)
 JOB_UNKNOWN = _code(
     "job.unknown", InvalidRequest, "no job with this id was ever submitted (or its result expired)"
 )
@@ -199,6 +210,28 @@ MODELS_UNAVAILABLE = _code(
     "models.unavailable", ModelUnavailable, "a model host failed (5xx, timeout, reset) after retries"
 )
 MODELS_BUSY = _code("models.busy", ModelUnavailable, "another `dance models` is writing to the models folder")
+
+BATCH_INVALID = _code(
+    "batch.invalid", InvalidRequest, "a batch file cannot be read or some of its rows are not valid requests"
+)
+BATCH_MISMATCH = _code(
+    "batch.mismatch", InvalidRequest, "a batch with this id already holds other jobs, or a job is in another batch"
+)
+BATCH_UNKNOWN = _code("batch.unknown", InvalidRequest, "no batch with this id was submitted (or it expired)")
+
+WEBHOOK_BLOCKED = _code(
+    "webhook.address_blocked", WebhookRejected, "the callback URL leads to a private or internal address"
+)
+WEBHOOK_HTTP_ERROR = _code(
+    "webhook.http_error", WebhookRejected, "the callback endpoint refused the delivery with a client error (4xx)"
+)
+WEBHOOK_SERVER_ERROR = _code(
+    "webhook.server_error", WebhookUnavailable, "the callback endpoint failed (5xx) on every attempt"
+)
+WEBHOOK_TIMEOUT = _code("webhook.timeout", WebhookUnavailable, "the callback endpoint did not answer in time")
+WEBHOOK_UNREACHABLE = _code(
+    "webhook.unreachable", WebhookUnavailable, "the callback endpoint refused or dropped the connection"
+)
 
 CONFIG_INVALID = _code("config.invalid", ConfigInvalid, "a setting holds a value that cannot work")
 BROKER_UNREACHABLE = _code("broker.unreachable", BrokerUnavailable, "the broker (Redis) cannot be reached")

@@ -23,6 +23,67 @@ def attempts(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:attempts"
 
 
+def lease(job_id: str) -> str:
+    """The execution lease: the token of the one run allowed to use a GPU for this job, with a TTL."""
+    return f"{PREFIX}:job:{job_id}:lease"
+
+
+def executions(job_id: str) -> str:
+    """INCR per prompt submitted to ComfyUI for this job: GPU runs, for audits and the chaos run."""
+    return f"{PREFIX}:job:{job_id}:executions"
+
+
+def manifest_writes(job_id: str) -> str:
+    """INCR per manifest written for this job: anything above 1 is a duplicate result write."""
+    return f"{PREFIX}:job:{job_id}:manifest_writes"
+
+
 def worker_liveness(hostname: str) -> str:
     """A worker's liveness record, refreshed while it runs, expiring when it dies."""
     return f"{PREFIX}:worker:{hostname}"
+
+
+def job_ended(job_id: str) -> str:
+    """Set once (SET NX) when a job ends (success, failure or cancel): its outcome is counted exactly once."""
+    return f"{PREFIX}:job:{job_id}:ended"
+
+
+def job_batch(job_id: str) -> str:
+    """The id of the batch a job belongs to (a job belongs to at most one)."""
+    return f"{PREFIX}:job:{job_id}:batch"
+
+
+def job_callback(job_id: str) -> str:
+    """The job's callback URL, set by the producer, read when the job ends."""
+    return f"{PREFIX}:job:{job_id}:callback"
+
+
+def batch_meta(batch_id: str) -> str:
+    """A hash: total, fingerprint of the job list, callback URL, created and completed times, summary."""
+    return f"{PREFIX}:batch:{batch_id}:meta"
+
+
+def batch_jobs(batch_id: str) -> str:
+    """A sorted set of the batch's job ids, scored by their line (row) number."""
+    return f"{PREFIX}:batch:{batch_id}:jobs"
+
+
+def batch_pending(batch_id: str) -> str:
+    """Jobs of the batch that have not ended; the job that takes it to 0 completes the batch."""
+    return f"{PREFIX}:batch:{batch_id}:pending"
+
+
+def ended_per_minute(minute: int) -> str:
+    """Jobs that ended during one minute (Unix time // 60), for the cluster's job rate."""
+    return f"{PREFIX}:stats:ended:{minute}"
+
+
+def worker_metrics(hostname: str) -> str:
+    """A worker's metric snapshot (JSON), refreshed while it runs, expiring when it dies."""
+    return f"{PREFIX}:metrics:{hostname}"
+
+
+#: Pattern of every worker's metric snapshot key.
+WORKER_METRICS_PATTERN = f"{PREFIX}:metrics:*"
+#: Pattern of every worker's liveness key.
+WORKER_LIVENESS_PATTERN = f"{PREFIX}:worker:*"

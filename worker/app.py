@@ -16,31 +16,33 @@ from kombu.entity import Queue
 from producer.celeryconf import shared_config
 from worker.gate import ComfyGate
 from worker.liveness import Liveness
+from worker.refresher import LeaseRefresher
 from worker.runtime import RuntimeStep
 from worker.settings import WorkerSettings
 
 #: The thread pool that can cancel its job (worker/pool.py), chosen by config so a plain
 #: ``celery -A worker.app worker`` uses it too (the CLI's -P accepts no module paths).
 POOL = "worker.pool:TaskPool"
-#: Seconds between kombu's sweeps that return expired unacked messages; with a throttle of 1 every
-#: sweep scans, so a dead worker's job returns at the visibility timeout, not up to ~100 s later.
-UNACKED_RESTORE_INTERVAL_S = 10
 
 
 def worker_config(settings: WorkerSettings) -> dict[str, Any]:
     config = shared_config(settings.broker_url, settings.result_backend, settings.result_expires_s)
     config["broker_transport_options"] = {
         **config["broker_transport_options"],
-        # celery#5935: a job still running at the visibility timeout is redelivered to another worker,
-        # so it must exceed the longest deadline (checked in WorkerSettings).
+        # celery#5935: a job still running at the visibility timeout is redelivered to another worker.
+        # Live jobs refresh their entries (worker/lease.py), so the timeout can be short and only
+        # bounds the redelivery of a dead worker's job; with a throttle of 1 every sweep scans, so that
+        # job returns within timeout + interval, not up to ~100 s later.
         "visibility_timeout": settings.visibility_timeout_s,
-        "unacked_restore_interval": UNACKED_RESTORE_INTERVAL_S,
+        "unacked_restore_interval": settings.restore_interval_s,
         "unacked_restore_throttle": 1,
     }
     config.update({
         "dance_settings": settings,
         "task_queues": [Queue(name, routing_key=name) for name in settings.queues],  # type: ignore[no-untyped-call]
         "task_default_queue": settings.queues[0],
+        # Ack only after the job ended, so a worker that dies mid-job leaves its message to be redelivered;
+        # celery#1628: without reject_on_worker_lost, a pool child killed (OOM) mid-job is acked and lost.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
@@ -82,3 +84,4 @@ app.config_from_object(WorkerConfig())
 app.steps["worker"].add(RuntimeStep)
 app.steps["consumer"].add(ComfyGate)
 app.steps["consumer"].add(Liveness)
+app.steps["consumer"].add(LeaseRefresher)

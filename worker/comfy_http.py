@@ -77,6 +77,10 @@ class ComfyHttp:
         entry = body.get(prompt_id)
         return entry if isinstance(entry, dict) else None
 
+    def recent_history(self, max_items: int) -> dict[str, Any]:
+        """The newest ``max_items`` history entries, by prompt id."""
+        return self._json("GET", f"/history?max_items={max_items}")
+
     def queue(self) -> dict[str, Any]:
         return self._json("GET", "/queue")
 

@@ -13,8 +13,11 @@ Contract:
   first time ComfyUI is ready: the consumer's ``init_callback`` is taken away and called on attach.
 * If ComfyUI is not ready within ``ready_timeout_s`` it stops the worker with exit code
   :data:`EXIT_NEVER_READY`, having reserved nothing.
-* Once ready, it keeps probing; a job that sees ComfyUI die calls :meth:`ComfyGate.mark_down` so the
-  queues detach before the job hands its message back.
+* Once ready, it keeps probing /system_stats. When ComfyUI dies (two failed probes, or a job that saw
+  it die calls :meth:`ComfyGate.mark_down`, so the queues detach before the job hands its message
+  back), the worker waits in place, taking nothing, until ComfyUI passes the full check again; if that
+  takes longer than ``ready_timeout_s`` it exits with :data:`EXIT_NEVER_READY` so a supervisor
+  restarts it.
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ class ComfyGate(bootsteps.StartStopStep):
         settings = self.runtime.settings
         self.ready = threading.Event()
         self.started_at = time.monotonic()
+        #: When ComfyUI last stopped being ready (first: the start); the readiness timeout counts from it.
+        self.waiting_since = self.started_at
         self.ready_after_s: float | None = None
         self.detached: list[str] = []
         self.held_ready_callback: Callable[[Any], None] | None = None
@@ -93,8 +98,13 @@ class ComfyGate(bootsteps.StartStopStep):
         ``call_soon`` is FIFO on the hub, so the detach runs before the job's reject callback; without
         it the worker re-consumed its own rejected message 82 times in 0.9 s (celery-on-redis.md §2).
         """
-        self.ready.clear()
+        self._lost()
         self.consumer.call_soon(self._tick, self.consumer)
+
+    def _lost(self) -> None:
+        if self.ready.is_set():
+            self.waiting_since = time.monotonic()
+            self.ready.clear()
 
     # Probe thread ------------------------------------------------------------------------------------
     def _probe_loop(self) -> None:
@@ -111,8 +121,9 @@ class ComfyGate(bootsteps.StartStopStep):
                 fails += 1
                 if self.ready.is_set() and fails >= FAILS_TO_PAUSE:
                     log.warning("ComfyUI no longer ready (%s); pausing consumption", "; ".join(verdict.missing))
-                    self.ready.clear()
-                if self.ready_after_s is None:
+                    self._lost()
+                    next_report = time.monotonic() + settings.ready_log_interval_s
+                if not self.ready.is_set():
                     next_report = self._report_waiting(verdict, next_report)
                     if self._past_deadline():
                         return
@@ -135,13 +146,13 @@ class ComfyGate(bootsteps.StartStopStep):
             return next_report
         log.info(
             "waiting for ComfyUI for %.0fs (timeout %.0fs); still missing: %s",
-            now - self.started_at, self.runtime.settings.ready_timeout_s, "; ".join(verdict.missing),
+            now - self.waiting_since, self.runtime.settings.ready_timeout_s, "; ".join(verdict.missing),
         )
         return now + self.runtime.settings.ready_log_interval_s
 
     def _past_deadline(self) -> bool:
         timeout_s = self.runtime.settings.ready_timeout_s
-        if time.monotonic() - self.started_at < timeout_s:
+        if time.monotonic() - self.waiting_since < timeout_s:
             return False
         log.error("ComfyUI was not ready within COMFYUI_READY_TIMEOUT_S=%.0fs; exiting with code %d",
                   timeout_s, EXIT_NEVER_READY)

@@ -12,24 +12,28 @@ import logging
 import shutil
 import time
 import uuid
-from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from producer import keys
-from producer.errors import JOB_CANCELLED, DanceError, error
+from producer.errors import JOB_BUSY_ELSEWHERE, JOB_CANCELLED, error
 from producer.redact import redact_url
 from producer.schema import DanceRequest, parse_request
 from worker.cancels import CancelFlag
+from worker.cleanup import JOB_MARK, clean_comfyui, output_subfolder
 from worker.comfy_ws import EventSocket
 from worker.execution import PromptOutcome, PromptRun
 from worker.inputs import FetchedInput, fetch_input
 from worker.outputs import MANIFEST_NAME, store_outputs
 from worker.progress import ProgressReporter
 from worker.runtime import Runtime
+from worker.settings import JOB_IO_ALLOWANCE_S
 
 log = logging.getLogger(__name__)
+
+#: Pause between two looks at a job whose execution lease another worker holds, in seconds.
+LEASE_POLL_S = 1.0
 
 
 @dataclass
@@ -58,11 +62,10 @@ class JobContext:
 def run_job(runtime: Runtime, ctx: JobContext, raw_request: object) -> dict[str, Any]:
     """Run the job to its result dict; raises a :class:`DanceError` on failure."""
     request = parse_request(raw_request)  # never trust the producer's validation
-    existing = _existing_manifest(runtime, ctx.job_id)
-    if existing is not None:
+    finished = _claim(runtime, ctx)
+    if finished is not None:
         log.info("job %s already has a manifest; returning it without GPU work", ctx.job_id)
-        return existing
-    _raise_if_cancelled(runtime, ctx)
+        return finished
     if ctx.submitted_at:
         ctx.timings.queued_s = max(0.0, ctx.started_at - ctx.submitted_at)
     job_dir = runtime.work_dir / ctx.job_id
@@ -74,7 +77,39 @@ def run_job(runtime: Runtime, ctx: JobContext, raw_request: object) -> dict[str,
         return _record(runtime, ctx, request, seed, outcome)
     finally:
         shutil.rmtree(job_dir, ignore_errors=True)
-        _clean_comfyui(runtime, ctx)
+        settings = runtime.settings
+        runtime.prompts_in_flight.discard(ctx.prompt_id or "")
+        clean_comfyui(runtime.http, ctx.job_id, ctx.prompt_id, ctx.uploaded_inputs,
+                      settings.comfyui_input_dir, settings.comfyui_output_dir,
+                      in_flight=frozenset(runtime.prompts_in_flight))
+        runtime.leases.release(ctx.job_id)
+
+
+def _claim(runtime: Runtime, ctx: JobContext) -> dict[str, Any] | None:
+    """Take the job's execution lease, or return the manifest of a run that already finished it.
+
+    A redelivered copy of a job that another live worker still runs (it missed lease refreshes, or the
+    broker presumed it dead) waits here rather than running the job on a second GPU. The wait costs
+    nothing but a worker slot, and this worker keeps the message's own entry fresh meanwhile.
+    """
+    give_up_at = time.monotonic() + runtime.settings.max_job_deadline_s + JOB_IO_ALLOWANCE_S
+    while True:
+        finished = _existing_manifest(runtime, ctx.job_id)
+        if finished is not None:
+            return finished
+        _raise_if_cancelled(runtime, ctx)
+        if runtime.leases.try_acquire(ctx.job_id, ctx.hostname):
+            # The holder may have finished between our look at storage and the acquire.
+            finished = _existing_manifest(runtime, ctx.job_id)
+            if finished is not None:
+                runtime.leases.release(ctx.job_id)
+            return finished
+        if time.monotonic() >= give_up_at:
+            raise error(JOB_BUSY_ELSEWHERE, "another worker still holds this job's execution lease",
+                        job_id=ctx.job_id, holder=runtime.leases.holder(ctx.job_id))
+        log.warning("job %s is running on %s; waiting for it to finish or die",
+                    ctx.job_id, runtime.leases.holder(ctx.job_id))
+        ctx.cancel.event.wait(LEASE_POLL_S)
 
 
 def _existing_manifest(runtime: Runtime, job_id: str) -> dict[str, Any] | None:
@@ -129,7 +164,7 @@ def _bind(
         "steps": request.steps,
         "cfg": request.cfg,
         "seed": seed,
-        "output_prefix": f"dance/{ctx.job_id}/dance",
+        "output_prefix": f"{output_subfolder(ctx.job_id)}/dance",
         "job_id": ctx.job_id,
     })
     return graph, seed
@@ -144,8 +179,10 @@ def _execute(runtime: Runtime, ctx: JobContext, graph: dict[str, Any]) -> Prompt
     sock = EventSocket(runtime.settings.comfyui_url, client_id)
     sock.connect()  # before POST /prompt, so no message of our prompt can be missed
     try:
-        submitted = runtime.http.queue_prompt(graph, client_id, {"dance_job_id": ctx.job_id})
+        submitted = runtime.http.queue_prompt(graph, client_id, {JOB_MARK: ctx.job_id})
         ctx.prompt_id = submitted.prompt_id
+        runtime.prompts_in_flight.add(submitted.prompt_id)
+        _count(runtime, keys.executions(ctx.job_id))
         log.info("job %s: ComfyUI prompt %s queued", ctx.job_id, submitted.prompt_id)
         deadline = time.monotonic() + ctx.deadline_s
         run = PromptRun(runtime.http, sock, submitted.prompt_id, deadline, ctx.cancel.event, ctx.progress.comfy)
@@ -184,24 +221,14 @@ def _record(
     manifest = runtime.storage.put_bytes(
         f"{ctx.job_id}/{MANIFEST_NAME}", json.dumps(result, indent=2).encode(), "application/json"
     )
+    _count(runtime, keys.manifest_writes(ctx.job_id))
     result["manifest"] = {"uri": manifest.uri, "url": manifest.url}
     return result
 
 
-def _clean_comfyui(runtime: Runtime, ctx: JobContext) -> None:
-    """Remove what ComfyUI keeps of the job, whatever its outcome; a failure here never fails a job.
-
-    Only the history entry is reachable through the API; uploaded inputs can only be deleted when
-    the worker shares ComfyUI's input folder (COMFYUI_INPUT_DIR).
-    """
-    if ctx.prompt_id is not None:
-        try:
-            runtime.http.delete_history([ctx.prompt_id])
-        except DanceError as exc:
-            log.warning("job %s: could not delete ComfyUI history %s: %s", ctx.job_id, ctx.prompt_id, exc)
-    input_dir = runtime.settings.comfyui_input_dir
-    if input_dir is None:
-        return
-    for name in ctx.uploaded_inputs:
-        with suppress(FileNotFoundError):
-            (input_dir / name).unlink()
+def _count(runtime: Runtime, key: str) -> None:
+    """Audit counters (GPU runs, manifest writes) that the chaos run reads to find duplicates."""
+    pipe = runtime.redis.pipeline()
+    pipe.incr(key)
+    pipe.expire(key, keys.JOB_KEY_TTL_S)
+    pipe.execute()

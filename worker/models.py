@@ -1,18 +1,13 @@
 """``dance models``: put the dance workflow's model files on the models volume, or check that they are.
 
-The list (``docker/models.json``) names for each file its folder under ComfyUI's ``models/``, its URL,
-and its sha256 and size in bytes where those are published. A null sha256 or size means "not pinned":
-such a file is checked for presence and against the size the server announces, never for content, and
-``--check`` says so on every run.
+The list (``docker/models.json``) gives each file's folder under ComfyUI's ``models/``, its URL, and its sha256
+and size in bytes where published. A null sha256 or size means "not pinned": the file is checked for presence
+and against the length the server announces, never for content, and every run says so.
 
-A download streams into ``<file>.part`` beside its target and, after an interruption in this run or an
-earlier one, resumes with an HTTP Range request. The part is renamed into place only once its size and
-sha256 match the list, so ComfyUI never lists a partial or wrong model. Transient failures (5xx, 429,
-timeouts, dropped connections) are retried with :func:`worker.backoff.backoff_delay_s`; client errors
-and checksum mismatches are not. A lock file keeps two downloaders out of one models folder.
-
-``requests`` is imported inside the functions that use it: ``dance`` loads this module for every
-subcommand, and producers install no ``requests``.
+A download streams into ``<file>.part``, resumes with an HTTP Range request after an interruption (in this run
+or an earlier one), and is renamed into place only once its size and sha256 match, so ComfyUI never lists a
+partial or wrong model. Transient failures (5xx, 429, timeouts, resets) are retried with worker.backoff; client
+errors and mismatches are not. ``requests`` is imported lazily: producers load this module but lack it.
 """
 
 from __future__ import annotations
@@ -70,8 +65,11 @@ PART_SUFFIX = ".part"
 LOCK_NAME = ".dance-models.lock"
 #: Statuses another attempt may cure.
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+#: The whole file from byte 0 (no Range asked, or the server ignored it).
 HTTP_OK = 200
+#: The rest of the file from the offset asked for.
 HTTP_PARTIAL_CONTENT = 206
+#: The offset asked for is at or past the end: the part already holds every byte.
 HTTP_RANGE_NOT_SATISFIABLE = 416
 
 EXIT_OK = 0  #: every file is present and verified (or was just downloaded and verified)
@@ -110,7 +108,7 @@ class ModelFile:
 
 @dataclass(frozen=True)
 class Finding:
-    """What ``check_model`` saw for one file."""
+    """What ``check_model`` saw for one file: a state above and a line for people."""
 
     model: ModelFile
     state: str
@@ -123,6 +121,8 @@ class Finding:
 
 @dataclass(frozen=True)
 class DownloadSettings:
+    """How hard and how long one file is tried; the command builds it from its options."""
+
     attempts: int = DEFAULT_ATTEMPTS
     retry_base_s: float = DEFAULT_RETRY_BASE_S
     retry_cap_s: float = DEFAULT_RETRY_CAP_S
@@ -159,8 +159,8 @@ def _parse_entry(entry: Any, index: int) -> ModelFile:
 
 
 def _place_problems(entry: dict[str, Any]) -> list[str]:
-    names = ("folder", "file", "url")
-    missing = [f"'{name}' must be a non-empty string" for name in names if not _nonempty_str(entry.get(name))]
+    missing = [f"'{name}' must be a non-empty string" for name in ("folder", "file", "url")
+               if not (isinstance(entry.get(name), str) and entry[name].strip())]
     if missing:
         return missing
     problems = []
@@ -186,10 +186,6 @@ def _pin_problems(entry: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _nonempty_str(value: object) -> bool:
-    return isinstance(value, str) and bool(value.strip())
-
-
 # Checking ------------------------------------------------------------------------------------------------
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
@@ -203,7 +199,7 @@ def check_model(model: ModelFile, models_dir: Path, *, hash_files: bool = True) 
     """Compare the file on disk with the list; never changes anything."""
     path = model.path(models_dir)
     if not path.is_file():
-        part = _part_path(path)
+        part = path.with_name(path.name + PART_SUFFIX)
         so_far = f" ({part.stat().st_size} bytes of a download in {part.name})" if part.is_file() else ""
         return Finding(model, MISSING, f"not found at {path}{so_far}")
     size = path.stat().st_size
@@ -213,19 +209,13 @@ def check_model(model: ModelFile, models_dir: Path, *, hash_files: bool = True) 
     if model.sha256 is not None and digest is not None and digest != model.sha256:
         return Finding(model, WRONG_HASH, f"sha256 {digest}, the list says {model.sha256}")
     if not model.pinned:
-        unpinned = " and ".join(name for name, value in (("sha256", model.sha256), ("size", model.size_bytes))
-                                if value is None)
         seen = f", sha256 {digest}" if digest else ""
-        return Finding(model, UNPINNED, f"present ({size} bytes{seen}) but the list pins no {unpinned}: "
+        return Finding(model, UNPINNED, f"present ({size} bytes{seen}), but the list pins no sha256/size: "
                                         "its content is NOT verified")
     return Finding(model, OK, f"{size} bytes, " + ("sha256 verified" if hash_files else "size verified, hash skipped"))
 
 
 # Downloading ---------------------------------------------------------------------------------------------
-def _part_path(target: Path) -> Path:
-    return target.with_name(target.name + PART_SUFFIX)
-
-
 def fetch_model(
     model: ModelFile,
     models_dir: Path,
@@ -238,7 +228,7 @@ def fetch_model(
     """Download ``model`` into place, resuming any ``.part`` left behind, and verify it before the rename."""
     target = model.path(models_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
-    part = _part_path(target)
+    part = target.with_name(target.name + PART_SUFFIX)
     last: DanceError | None = None
     for attempt in range(settings.attempts):
         if last is not None:
@@ -246,14 +236,12 @@ def fetch_model(
             say(f"  {model.relpath}: {last.message}; retrying in {delay_s:.1f}s")
             sleep(delay_s)
         try:
-            expected_bytes = _transfer(model, part, http, settings)
-            _require_complete(model, part, expected_bytes)
+            _verify_part(model, part, _transfer(model, part, http, settings))
         except DanceError as exc:
             if not exc.retryable:
                 raise
             last = exc
             continue
-        _verify_part(model, part)
         os.replace(part, target)
         return target
     assert last is not None  # the loop ran at least once and every pass ended in a retryable error
@@ -304,29 +292,23 @@ def _open_mode(model: ModelFile, response: requests.Response, offset: int) -> tu
                 status=status)
 
 
-def _require_complete(model: ModelFile, part: Path, expected_bytes: int | None) -> None:
+def _verify_part(model: ModelFile, part: Path, announced_bytes: int | None) -> None:
+    """A short part is retryable (the next attempt resumes it); a long or wrong one is dropped for good."""
     size = part.stat().st_size if part.is_file() else 0
-    wanted = model.size_bytes if model.size_bytes is not None else expected_bytes
+    if model.size_bytes is not None and announced_bytes not in (None, model.size_bytes):
+        part.unlink(missing_ok=True)
+        raise error(MODELS_SIZE, f"{model.relpath}: the server offers {announced_bytes} bytes, the list says "
+                                 f"{model.size_bytes}", url=model.url)
+    wanted = model.size_bytes if model.size_bytes is not None else announced_bytes
     if wanted is not None and size < wanted:
         raise error(MODELS_UNAVAILABLE, f"stream ended at {size} of {wanted} bytes", url=model.url)
-    if model.size_bytes is not None and expected_bytes is not None and expected_bytes != model.size_bytes:
-        part.unlink(missing_ok=True)
-        raise error(MODELS_SIZE, f"{model.relpath}: the server offers {expected_bytes} bytes, the list says "
-                                 f"{model.size_bytes}", url=model.url)
-
-
-def _verify_part(model: ModelFile, part: Path) -> None:
-    size = part.stat().st_size
-    if model.size_bytes is not None and size != model.size_bytes:
+    if wanted is not None and size > wanted:
         part.unlink()
-        raise error(MODELS_SIZE, f"{model.relpath}: downloaded {size} bytes, the list says {model.size_bytes}",
+        raise error(MODELS_SIZE, f"{model.relpath}: got {size} bytes, expected {wanted}", url=model.url)
+    if model.sha256 is not None and (digest := file_sha256(part)) != model.sha256:
+        part.unlink()
+        raise error(MODELS_CHECKSUM, f"{model.relpath}: downloaded sha256 {digest}, the list says {model.sha256}",
                     url=model.url)
-    if model.sha256 is not None:
-        digest = file_sha256(part)
-        if digest != model.sha256:
-            part.unlink()
-            raise error(MODELS_CHECKSUM, f"{model.relpath}: downloaded sha256 {digest}, the list says "
-                                         f"{model.sha256}", url=model.url)
 
 
 @contextmanager
@@ -345,13 +327,14 @@ def folder_lock(models_dir: Path) -> Iterator[None]:
 
 
 # The command ---------------------------------------------------------------------------------------------
-def _report(finding: Finding) -> None:
+def _report(finding: Finding) -> Finding:
     click.echo(f"{finding.state:<10} {finding.model.relpath}  {finding.detail}")
+    return finding
 
 
 def _summarise(findings: list[Finding], strict: bool) -> int:
     gaps = [finding for finding in findings if finding.is_gap]
-    unpinned = [finding for finding in findings if finding.state == UNPINNED or not finding.model.pinned]
+    unpinned = [finding for finding in findings if not finding.model.pinned]
     if unpinned:
         names = ", ".join(finding.model.relpath for finding in unpinned)
         click.echo(f"WARNING: {len(unpinned)} file(s) have no pinned sha256/size in the list, so their content is "
@@ -405,20 +388,16 @@ def models(models_dir: Path, list_path: Path, check_only: bool, quick: bool, str
     except DanceError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
-    if check_only:
-        findings = [check_model(model, models_dir, hash_files=not quick) for model in model_list]
-        for finding in findings:
-            _report(finding)
-        sys.exit(_summarise(findings, strict))
-    import requests
-
-    settings = DownloadSettings(attempts=attempts)
+    findings: list[Finding] = []
     try:
-        with folder_lock(models_dir), requests.Session() as http:
-            findings = []
-            for model in model_list:
-                findings.append(_install(model, models_dir, http, settings, replace))
-                _report(findings[-1])
+        if check_only:
+            findings = [_report(check_model(model, models_dir, hash_files=not quick)) for model in model_list]
+        else:
+            import requests
+
+            with folder_lock(models_dir), requests.Session() as http:
+                settings = DownloadSettings(attempts=attempts)
+                findings = [_report(_install(model, models_dir, http, settings, replace)) for model in model_list]
     except (DanceError, OSError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_GAPS)

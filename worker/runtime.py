@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import redis
-from celery import bootsteps
+from celery import bootsteps, signals
 
 from worker.cancels import CancelRegistry
 from worker.comfy_http import ComfyHttp
+from worker.leases import ExecutionLeases
 from worker.settings import WorkerSettings
 from worker.storage import Storage, open_storage
 from worker.workflow import Workflow, load_workflow
@@ -35,7 +37,10 @@ class Runtime:
     work_dir: Path
     #: A plain client of the broker's Redis, for the job bookkeeping keys of producer/keys.py.
     redis: redis.Redis
+    leases: ExecutionLeases
     cancels: CancelRegistry = field(default_factory=CancelRegistry)
+    #: ComfyUI prompt ids of the jobs this worker is running now; cleanup leaves their history alone.
+    prompts_in_flight: set[str] = field(default_factory=set)
     gate: ComfyGate | None = None
     #: The device ComfyUI runs on, as its /system_stats names it; set by the gate.
     device: str | None = None
@@ -44,15 +49,30 @@ class Runtime:
     def build(cls, settings: WorkerSettings) -> Runtime:
         work_dir = settings.work_dir or Path(tempfile.mkdtemp(prefix="dance-worker-"))
         work_dir.mkdir(parents=True, exist_ok=True)
+        client = redis.Redis.from_url(settings.broker_url, socket_timeout=REDIS_TIMEOUT_S,
+                                      socket_connect_timeout=REDIS_TIMEOUT_S)
         return cls(
             settings=settings,
             workflow=load_workflow(settings.workflow_path),
             http=ComfyHttp(settings.comfyui_url, settings.comfyui_http_timeout_s),
             storage=open_storage(settings.storage_url, presign_expires_s=settings.presign_expires_s),
             work_dir=work_dir,
-            redis=redis.Redis.from_url(settings.broker_url, socket_timeout=REDIS_TIMEOUT_S,
-                                       socket_connect_timeout=REDIS_TIMEOUT_S),
+            redis=client,
+            leases=ExecutionLeases(client, ttl_s=settings.visibility_timeout_s),
         )
+
+    def drain(self, sig: str | None = None, how: str | None = None, **_: Any) -> None:
+        """SIGTERM (warm shutdown): Celery takes no new job and waits for the running one; it may go on
+        for ``drain_s``, then it interrupts its prompt and goes back to the queue. A cold shutdown
+        (SIGQUIT, or a second SIGTERM) hands it back at once."""
+        if how == "Warm" and self.settings.drain_s > 0:
+            log.warning("%s: draining; the running job has %.0fs to finish before it is handed back",
+                        sig, self.settings.drain_s)
+            timer = threading.Timer(self.settings.drain_s, self.cancels.shutdown_all)
+            timer.daemon = True
+            timer.start()
+        else:
+            self.cancels.shutdown_all()
 
     @staticmethod
     def current(app: Any) -> Runtime:
@@ -76,6 +96,7 @@ class RuntimeStep(bootsteps.Step):
     def __init__(self, w: Any, **kwargs: Any) -> None:
         super().__init__(w, **kwargs)
         settings: WorkerSettings = w.app.conf["dance_settings"]
-        w.app.dance_runtime = Runtime.build(settings)
+        runtime = w.app.dance_runtime = Runtime.build(settings)
+        signals.worker_shutting_down.connect(runtime.drain, weak=False)
         log.info("dance runtime: workflow %s, ComfyUI %s, storage %s",
                  settings.workflow_path, settings.comfyui_url, settings.storage_url)

@@ -30,11 +30,18 @@ DEFAULT_READY_POLL_MAX_S = 1.0
 DEFAULT_JOB_DEADLINE_S = 1200.0
 #: Largest deadline a producer may ask for, in seconds.
 DEFAULT_MAX_JOB_DEADLINE_S = 3600.0
-#: Time a job may spend outside execution (downloads, uploads), in seconds; the visibility
-#: timeout must cover the longest deadline plus this.
+#: Time a job may spend outside execution (downloads, uploads), in seconds.
 JOB_IO_ALLOWANCE_S = 900.0
-#: Redis visibility timeout, in seconds: an unacked message returns to the queue after this.
-DEFAULT_VISIBILITY_TIMEOUT_S = DEFAULT_MAX_JOB_DEADLINE_S + JOB_IO_ALLOWANCE_S
+#: Redis visibility timeout, in seconds. Live jobs keep their messages fresh (worker/lease.py), so
+#: this only bounds how long a dead worker's job waits before it is redelivered.
+DEFAULT_VISIBILITY_TIMEOUT_S = 40.0
+#: Shortest visibility timeout, in seconds: the lease refresher needs a few beats within it.
+MIN_VISIBILITY_TIMEOUT_S = 4.0
+#: Longest pause between two sweeps that return expired messages, in seconds.
+MAX_RESTORE_INTERVAL_S = 5
+#: How long a worker told to stop (SIGTERM) lets its running job go on before handing it back to
+#: the queue, in seconds; docker's stop_grace_period must exceed it.
+DEFAULT_DRAIN_S = 60.0
 #: How long finished results stay in the result backend, in seconds (7 days).
 DEFAULT_RESULT_EXPIRES_S = 7 * 24 * 3600
 #: Largest media download, in bytes (1 GiB).
@@ -86,6 +93,7 @@ class WorkerSettings:
     comfyui_http_timeout_s: float = DEFAULT_COMFYUI_HTTP_TIMEOUT_S
     presign_expires_s: int = DEFAULT_PRESIGN_EXPIRES_S
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    drain_s: float = DEFAULT_DRAIN_S
     #: ComfyUI's input and output folders when the worker shares them (a volume); lets the worker
     #: delete the files of finished jobs, which ComfyUI's API cannot do.
     comfyui_input_dir: Path | None = None
@@ -94,17 +102,19 @@ class WorkerSettings:
     work_dir: Path | None = None
     fetch: FetchSettings = field(default_factory=FetchSettings)
 
+    @property
+    def restore_interval_s(self) -> int:
+        """Seconds between kombu's sweeps for expired messages: a dead worker's job is back within
+        ``visibility_timeout_s + restore_interval_s``."""
+        return max(1, min(MAX_RESTORE_INTERVAL_S, int(self.visibility_timeout_s / 2)))
+
     def __post_init__(self) -> None:
-        floor_s = self.max_job_deadline_s + JOB_IO_ALLOWANCE_S
-        if self.visibility_timeout_s < floor_s:
-            # celery#5935: a job that outlives the visibility timeout is redelivered to a second
-            # worker while the first still runs it.
+        if self.visibility_timeout_s < MIN_VISIBILITY_TIMEOUT_S:
             raise error(
                 CONFIG_INVALID,
-                f"DANCE_VISIBILITY_TIMEOUT_S={self.visibility_timeout_s:g} must be at least the longest "
-                f"job deadline plus {JOB_IO_ALLOWANCE_S:g}s of I/O ({floor_s:g}s), or long jobs would run twice",
+                f"DANCE_VISIBILITY_TIMEOUT_S={self.visibility_timeout_s:g} is below {MIN_VISIBILITY_TIMEOUT_S:g}s; "
+                "live jobs refresh their lease four times per timeout",
                 visibility_timeout_s=self.visibility_timeout_s,
-                max_job_deadline_s=self.max_job_deadline_s,
             )
         if not 0 < self.job_deadline_s <= self.max_job_deadline_s:
             raise error(
@@ -133,9 +143,8 @@ class WorkerSettings:
             ready_log_interval_s=env_float(env, "COMFYUI_READY_LOG_INTERVAL_S", DEFAULT_READY_LOG_INTERVAL_S),
             job_deadline_s=env_float(env, "DANCE_JOB_DEADLINE_S", DEFAULT_JOB_DEADLINE_S),
             max_job_deadline_s=max_deadline,
-            visibility_timeout_s=env_float(
-                env, "DANCE_VISIBILITY_TIMEOUT_S", max(DEFAULT_VISIBILITY_TIMEOUT_S, max_deadline + JOB_IO_ALLOWANCE_S)
-            ),
+            visibility_timeout_s=env_float(env, "DANCE_VISIBILITY_TIMEOUT_S", DEFAULT_VISIBILITY_TIMEOUT_S),
+            drain_s=env_float(env, "DANCE_DRAIN_S", DEFAULT_DRAIN_S),
             result_expires_s=env_int(env, "DANCE_RESULT_EXPIRES_S", DEFAULT_RESULT_EXPIRES_S),
             comfyui_http_timeout_s=env_float(env, "COMFYUI_HTTP_TIMEOUT_S", DEFAULT_COMFYUI_HTTP_TIMEOUT_S),
             presign_expires_s=env_int(env, "DANCE_PRESIGN_EXPIRES_S", DEFAULT_PRESIGN_EXPIRES_S),

@@ -186,3 +186,18 @@ def test_a_job_still_running_when_the_soft_window_ends_goes_back_to_the_queue(
         assert queued_messages(cluster.broker_url) == 1
         assert unacked_messages(cluster.broker_url) == 0
         assert handle.status() != "FAILURE"
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("COMFYUI_URL", "http://comfyui.invalid:8188"), ("COMFYUI_BACKEND", "automatic1111")],
+)
+def test_a_misconfigured_container_exits_at_once_without_starting_anything(
+    start_pair: StartPair, setting: str, value: str
+) -> None:
+    # Given a ComfyUI that is not on this container's loopback, or an unknown backend
+    pair = start_pair(**{setting: value})
+    # When the entrypoint starts, then it refuses with EX_USAGE and names the setting
+    assert pair.wait(timeout_s=EXIT_TIMEOUT_S) == 64
+    assert setting in pair.log()
+    assert started_pids(pair) == {}
