@@ -20,6 +20,8 @@ from worker.refresher import LeaseRefresher
 from worker.runtime import RuntimeStep
 from worker.settings import WorkerSettings
 
+#: How long a worker retries writing a result or progress while the backend is away, in seconds.
+BACKEND_RETRY_TIMEOUT_S = 30.0
 #: The thread pool that can cancel its job (worker/pool.py), chosen by config so a plain
 #: ``celery -A worker.app worker`` uses it too (the CLI's -P accepts no module paths).
 POOL = "worker.pool:TaskPool"
@@ -51,9 +53,14 @@ def worker_config(settings: WorkerSettings) -> dict[str, Any]:
         "worker_send_task_events": True,
         # A redelivered job whose result already says SUCCESS is not run again.
         "worker_deduplicate_successful_tasks": True,
-        # celery-on-redis.md §3: on a broker connection loss the job is redelivered elsewhere, so the
-        # local copy must stop (the pool cancels cooperatively).
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # On a broker connection loss kombu restores the running job's message, so a second copy may
+        # start elsewhere. Celery's remedy cancels the local run, then acks or marks the job on a dead
+        # connection (a stale ack deletes the live copy's entry: celery-on-redis.md §3). Instead the
+        # local run goes on and the copy waits on the execution lease (worker/leases.py), then returns
+        # the manifest: no job lost, no GPU run wasted.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        # Progress and results must outlive a broker restart (AOF reload) rather than fail the job.
+        "result_backend_transport_options": {"retry_policy": {"timeout": BACKEND_RETRY_TIMEOUT_S}},
     })
     return config
 

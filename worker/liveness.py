@@ -15,6 +15,7 @@ from typing import Any
 
 import redis
 from celery import bootsteps
+from celery.worker import state as worker_state
 
 from producer import keys
 from worker.runtime import Runtime
@@ -25,6 +26,29 @@ log = logging.getLogger(__name__)
 LIVENESS_INTERVAL_S = 5.0
 #: Lifetime of the record, in seconds: three missed refreshes mean the worker is gone.
 LIVENESS_TTL_S = 15
+#: A worker that may consume but has sent no BRPOP for this long is stuck, in seconds. kombu re-sends
+#: BRPOP every ``brpop_timeout`` (1 s) while consuming, and drops a silent connection after 26 s.
+STALL_S = 60.0
+#: Exit code of a worker that found itself connected but no longer consuming.
+EXIT_STALLED = 4
+
+
+def consumption_stalled(c: Any, now: float | None = None) -> bool:
+    """The "connected but no longer consuming" state (celery#10205, #8030): the queues are attached
+    and the worker has room for a job, yet no BRPOP went out for :data:`STALL_S`.
+
+    Reads kombu 5.7's ``Channel._brpop_sent_at`` (pinned; see pyproject).
+    """
+    consumer = c.task_consumer
+    if consumer is None or not consumer.queues:
+        return False  # detached by the gate: not consuming, on purpose
+    channel = consumer.channel
+    if not channel.qos.can_consume():
+        return False  # busy: a full worker sends no BRPOP
+    sent_at = getattr(channel, "_brpop_sent_at", None)
+    if sent_at is None:
+        return False  # nothing sent on this channel yet: it has just (re)connected
+    return bool((now if now is not None else time.monotonic()) - sent_at > STALL_S)
 
 
 def liveness_record(c: Any, runtime: Runtime) -> dict[str, Any]:
@@ -70,6 +94,11 @@ class Liveness(bootsteps.StartStopStep):
     def publish(self, c: Any) -> None:
         runtime = Runtime.current(c.app)
         record = liveness_record(c, runtime)
+        if record["consuming"] and consumption_stalled(c):
+            record["consuming"] = False
+            log.critical("connected to the broker but no longer consuming (celery#10205); exiting with %d "
+                         "so that the supervisor restarts the worker", EXIT_STALLED)
+            worker_state.should_stop = EXIT_STALLED
         try:
             runtime.redis.set(keys.worker_liveness(c.hostname), json.dumps(record), ex=LIVENESS_TTL_S)
         except redis.RedisError as exc:

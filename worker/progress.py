@@ -7,10 +7,16 @@ does, but Flower only shows its ``result`` field, so the progress is also put th
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
+import redis
+from kombu.exceptions import OperationalError
+
 from producer.progressbar import describe_progress
+
+log = logging.getLogger(__name__)
 
 #: Shortest pause between two published progress updates of one job, in seconds.
 MIN_INTERVAL_S = 0.5
@@ -46,5 +52,9 @@ class ProgressReporter:
         self._last_sent = now
         self.last = update
         meta = {"job_id": self.job_id, "stage": self.stage, **update}
-        self.task.update_state(state=PROGRESS_STATE, meta=meta)
-        self.task.send_event("task-progress", result=describe_progress(meta), **meta)
+        try:
+            self.task.update_state(state=PROGRESS_STATE, meta=meta)
+            self.task.send_event("task-progress", result=describe_progress(meta), **meta)
+        except (redis.RedisError, OperationalError) as exc:
+            # Progress is a view; a broker hiccup must not fail the job it describes.
+            log.warning("job %s: progress not published: %s", self.job_id, exc)

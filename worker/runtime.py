@@ -11,7 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 from celery import bootsteps, signals
+from redis.backoff import AbstractBackoff
+from redis.retry import Retry
 
+from worker.backoff import Backoff
 from worker.cancels import CancelRegistry
 from worker.comfy_http import ComfyHttp
 from worker.leases import ExecutionLeases
@@ -26,6 +29,19 @@ log = logging.getLogger(__name__)
 
 #: Timeout of the bookkeeping Redis client's calls, in seconds.
 REDIS_TIMEOUT_S = 5.0
+#: Retries of a bookkeeping call while the broker is away: about 30 s in all with this backoff.
+REDIS_RETRIES = 12
+REDIS_RETRY_BACKOFF = Backoff(base_s=0.1, cap_s=4.0)
+
+
+class RedisBackoff(AbstractBackoff):
+    """The project's one backoff rule, in the shape redis-py's Retry expects."""
+
+    def __init__(self, backoff: Backoff) -> None:
+        self.backoff = backoff
+
+    def compute(self, failures: int) -> float:
+        return self.backoff.delay_s(max(0, failures - 1))
 
 
 @dataclass
@@ -49,8 +65,12 @@ class Runtime:
     def build(cls, settings: WorkerSettings) -> Runtime:
         work_dir = settings.work_dir or Path(tempfile.mkdtemp(prefix="dance-worker-"))
         work_dir.mkdir(parents=True, exist_ok=True)
-        client = redis.Redis.from_url(settings.broker_url, socket_timeout=REDIS_TIMEOUT_S,
-                                      socket_connect_timeout=REDIS_TIMEOUT_S)
+        client = redis.Redis.from_url(
+            settings.broker_url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S,
+            # A broker restart (AOF reload) must not fail the jobs running meanwhile.
+            retry=Retry(RedisBackoff(REDIS_RETRY_BACKOFF), REDIS_RETRIES),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        )
         return cls(
             settings=settings,
             workflow=load_workflow(settings.workflow_path),

@@ -18,7 +18,7 @@ from celery.exceptions import Ignore, Reject
 
 from producer import keys
 from producer.celeryconf import TASK_NAME
-from producer.errors import JOB_CANCELLED, ComfyUnavailable, DanceError, PermanentError
+from producer.errors import JOB_CANCELLED, JOB_WORKER_STOPPED, ComfyUnavailable, DanceError, PermanentError, error
 from worker.app import app
 from worker.cancels import REVOKED, SHUTDOWN, CancelFlag
 from worker.job import JobContext, run_job
@@ -72,7 +72,9 @@ def _settle(task: Any, runtime: Runtime, flag: CancelFlag, exc: DanceError, atte
     if exc.code == JOB_CANCELLED:
         if flag.reason == SHUTDOWN:
             log.warning("job %s: worker shutting down; handing the job back to the queue", job_id)
-            raise Reject("worker shutting down", requeue=True) from exc
+            stopped = error(JOB_WORKER_STOPPED, "the worker was stopped mid-job; the job went back to the queue")
+            task.update_state(state=REQUEUED_STATE, meta={"job_id": job_id, "attempt": attempt, **stopped.as_dict()})
+            raise Reject(str(stopped), requeue=True) from exc
         if flag.reason != REVOKED:
             # Cancelled through the Redis marker: no revoke reached this worker, so the state is ours to set.
             task.backend.mark_as_revoked(job_id, "cancelled", request=task.request)

@@ -1,0 +1,263 @@
+"""Kills, restarts and shutdowns lose no job and run none twice (real workers, Redis and simulators)."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from producer import keys
+from tests.fixtures.workers import Cluster
+from tests.support.jobs import dance_request, queued_messages, unacked_messages
+from tests.support.processes import wait_until
+
+#: A short visibility timeout, so that redelivery after a death happens within the test's patience.
+FAST_REDELIVERY = {"DANCE_VISIBILITY_TIMEOUT_S": "6"}
+
+
+def counter(cluster: Cluster, key: str) -> int:
+    return int(redis.Redis.from_url(cluster.broker_url).get(key) or 0)
+
+
+def test_comfyui_killed_mid_job_requeues_the_job_which_completes_once_comfyui_is_back(
+    cluster: Cluster, comfysim: Any, media_server: Any, tmp_path: Path
+) -> None:
+    # Given a job running on a worker whose ComfyUI holds it mid-sampler
+    sim = comfysim(exec_s=0.2)
+    sim.faults({"hold": True})
+    worker = cluster.start_worker("w", sim.url)
+    with cluster.client() as client:
+        handle = client.submit(dance_request(media_server, tmp_path), job_id="comfy-dies")
+        wait_until(lambda: sim.state()["held"], 30, "the prompt to be held")
+        # When ComfyUI is killed -9
+        sim.process.kill()
+        # Then the job goes back to the queue, not failed, its attempt counted
+        wait_until(lambda: handle.status() == "REQUEUED", 20, "the job to be requeued")
+        assert handle.progress() is None and counter(cluster, keys.attempts("comfy-dies")) == 1
+        worker.wait_for_log("handing the job back to the queue")
+        # and the worker takes nothing while ComfyUI is down: the job waits in Redis
+        worker.wait_for_log("detached until ComfyUI is ready")
+        assert queued_messages(cluster.broker_url) == 1 and unacked_messages(cluster.broker_url) == 0
+        # When ComfyUI comes back on the same port
+        comfysim(port=sim.port, data_dir=sim.data_dir, exec_s=0.2)
+        # Then the job completes, on its second attempt
+        result = handle.result(timeout_s=60)
+    assert result["status"] == "succeeded"
+    assert counter(cluster, keys.attempts("comfy-dies")) == 2
+    assert worker.poll() is None
+
+
+def test_a_job_of_a_worker_killed_mid_job_is_redelivered_and_completed_by_another(
+    cluster: Cluster, comfysim: Any, media_server: Any, tmp_path: Path
+) -> None:
+    # Given two workers, each with its own ComfyUI, and a job held on worker A's
+    sim_a = comfysim(exec_s=0.2)
+    sim_a.faults({"hold": True})
+    worker_a = cluster.start_worker("a", sim_a.url, **FAST_REDELIVERY)
+    with cluster.client() as client:
+        handle = client.submit(dance_request(media_server, tmp_path), job_id="worker-dies")
+        wait_until(lambda: sim_a.state()["held"], 30, "the prompt to be held on A")
+        sim_b = comfysim(exec_s=0.2)
+        cluster.start_worker("b", sim_b.url, **FAST_REDELIVERY)
+        # When A is SIGKILLed, as the OOM killer would
+        worker_a.kill()
+        # Then B gets the job once the visibility timeout passes and completes it
+        result = handle.result(timeout_s=90)
+    assert result["worker"]["hostname"].startswith("b@")
+    assert counter(cluster, keys.manifest_writes("worker-dies")) == 1
+    assert counter(cluster, keys.executions("worker-dies")) == 2  # one wasted GPU run, on A
+
+
+def test_a_job_longer_than_the_visibility_timeout_runs_once(
+    cluster: Cluster, comfysim: Any, media_server: Any, tmp_path: Path
+) -> None:
+    # Given two workers with a 6 s visibility timeout and a job held on A
+    sim_a, sim_b = comfysim(exec_s=0.2), comfysim(exec_s=0.2)
+    sim_a.faults({"hold": True})
+    cluster.start_worker("a", sim_a.url, **FAST_REDELIVERY)
+    with cluster.client() as client:
+        handle = client.submit(dance_request(media_server, tmp_path), job_id="long-job")
+        wait_until(lambda: sim_a.state()["held"], 30, "the prompt to be held on A")
+        worker_b = cluster.start_worker("b", sim_b.url, **FAST_REDELIVERY)
+        worker_b.wait_for_log(" ready.")
+        # When the job outlives three visibility timeouts (A keeps refreshing its lease)
+        broker = redis.Redis.from_url(cluster.broker_url)
+        refreshes = _score_changes(broker, count=8)
+        assert refreshes >= 8
+        sim_a.release()
+        result = handle.result(timeout_s=60)
+    # Then it ran once, on A; B never received it
+    assert result["worker"]["hostname"].startswith("a@")
+    assert counter(cluster, keys.executions("long-job")) == 1
+    assert sim_b.state()["prompts_received"] == 0 and "long-job" not in worker_b.log()
+
+
+def _score_changes(broker: redis.Redis, count: int) -> int:
+    """Wait until the held message's unacked_index score has been refreshed ``count`` times (every 1.5 s)."""
+    seen: list[float] = []
+
+    def refreshed() -> bool:
+        entries = broker.zrange("unacked_index", 0, -1, withscores=True)
+        if entries and (not seen or entries[0][1] != seen[-1]):
+            seen.append(entries[0][1])
+        return len(seen) > count
+
+    wait_until(refreshed, 60, f"{count} lease refreshes")
+    return len(seen) - 1
+
+
+def test_a_redelivered_job_waits_while_another_run_holds_its_lease_and_returns_that_runs_manifest(
+    cluster: Cluster, comfysim: Any, media_server: Any, tmp_path: Path
+) -> None:
+    # Given a job whose execution lease another (live) run holds
+    broker = redis.Redis.from_url(cluster.broker_url)
+    broker.set(keys.lease("leased"), "elsewhere@host:token", px=60_000)
+    sim = comfysim(exec_s=0.2)
+    worker = cluster.start_worker("w", sim.url)
+    with cluster.client() as client:
+        handle = client.submit(dance_request(media_server, tmp_path), job_id="leased")
+        # When the worker gets it, it waits instead of running it on a second GPU
+        worker.wait_for_log("job leased is running on elsewhere@host")
+        assert sim.state()["prompts_received"] == 0
+        # When the other run finishes and writes its manifest
+        manifest = {"job_id": "leased", "status": "succeeded", "outputs": [], "by": "the other run"}
+        storage = Path(cluster.storage_url.removeprefix("file://")) / "leased"
+        storage.mkdir()
+        (storage / "manifest.json").write_text(json.dumps(manifest))
+        broker.delete(keys.lease("leased"))
+        # Then the job returns that manifest without any GPU work
+        assert handle.result(timeout_s=30)["by"] == "the other run"
+    assert sim.state()["prompts_received"] == 0
+
+
+def test_a_job_whose_lease_holder_died_is_taken_over(
+    cluster: Cluster, comfysim: Any, media_server: Any, tmp_path: Path
+) -> None:
+    # Given a lease left by a run that died (it expires in 3 s and nobody renews it)
+    redis.Redis.from_url(cluster.broker_url).set(keys.lease("orphan"), "dead@host:token", px=3_000)
+    sim = comfysim(exec_s=0.2)
+    cluster.start_worker("w", sim.url)
+    with cluster.client() as client:
+        result = client.submit(dance_request(media_server, tmp_path), job_id="orphan").result(timeout_s=60)
+    assert result["status"] == "succeeded" and sim.state()["prompts_received"] == 1
+
+
+def test_sigterm_lets_the_running_job_finish_within_the_drain_period(
+    cluster: Cluster, comfysim: Any, media_server: Any, tmp_path: Path
+) -> None:
+    sim = comfysim(exec_s=0.2)
+    sim.faults({"hold": True})
+    worker = cluster.start_worker("w", sim.url, DANCE_DRAIN_S="60")
+    with cluster.client() as client:
+        handle = client.submit(dance_request(media_server, tmp_path))
+        queued = client.submit(dance_request(media_server, tmp_path))
+        wait_until(lambda: sim.state()["held"], 30, "the prompt to be held")
+        # When the worker is told to stop while its job runs
+        worker.signal(signal.SIGTERM)
+        worker.wait_for_log("draining")
+        sim.release()
+        # Then the running job finishes, the worker exits cleanly, and the queued job stays queued
+        assert handle.result(timeout_s=30)["status"] == "succeeded"
+        assert worker.wait(timeout_s=30) == 0
+        assert queued.status() == "PENDING" and queued_messages(cluster.broker_url) == 1
+
+
+def test_sigterm_hands_a_job_that_outlasts_the_drain_period_back_to_the_queue(
+    cluster: Cluster, comfysim: Any, media_server: Any, tmp_path: Path
+) -> None:
+    sim = comfysim(exec_s=0.2)
+    sim.faults({"hold": True})
+    worker = cluster.start_worker("w", sim.url, DANCE_DRAIN_S="1")
+    with cluster.client() as client:
+        handle = client.submit(dance_request(media_server, tmp_path), job_id="drained")
+        wait_until(lambda: sim.state()["held"], 30, "the prompt to be held")
+        # When the worker is told to stop and the job does not finish within the drain period
+        worker.signal(signal.SIGTERM)
+        # Then the worker interrupts its prompt, hands the job back and exits cleanly
+        assert worker.wait(timeout_s=30) == 0
+        assert sim.state()["interrupts"] == 1
+        assert queued_messages(cluster.broker_url) == 1 and unacked_messages(cluster.broker_url) == 0
+        assert handle.status() in ("PENDING", "REQUEUED", "STARTED", "PROGRESS")
+        # and another worker completes it
+        sim.faults({"hold": False})
+        sim.release()
+        cluster.start_worker("w2", sim.url)
+        assert handle.result(timeout_s=60)["status"] == "succeeded"
+
+
+def test_workers_reconnect_and_keep_consuming_after_a_redis_restart(
+    comfysim: Any, media_server: Any, tmp_path: Path
+) -> None:
+    # Given a broker of its own, with AOF on as in compose, and a worker that ran a job
+    broker = RestartableRedis(tmp_path / "redis").start()
+    cluster = Cluster(broker_url=broker.url, root=tmp_path, storage_url=(tmp_path / "storage").as_uri())
+    sim = comfysim(exec_s=0.2)
+    worker = cluster.start_worker("w", sim.url)
+    try:
+        with cluster.client() as client:
+            assert client.submit(dance_request(media_server, tmp_path)).result(timeout_s=60)["status"] == "succeeded"
+            # and a job queued just before Redis goes down
+            queued = client.submit(dance_request(media_server, tmp_path), job_id="survives-restart")
+        # When Redis restarts
+        sim.faults({"hold": True})
+        broker.restart()
+        # Then the worker reconnects, the queued job survived in the AOF and completes
+        sim.release()
+        sim.faults({"hold": False})
+        with cluster.client() as client:
+            assert client.job("survives-restart").result(timeout_s=90)["status"] == "succeeded"
+            # and new jobs are still consumed
+            assert client.submit(dance_request(media_server, tmp_path)).result(timeout_s=60)["status"] == "succeeded"
+        assert "Connection to broker lost" in worker.log()
+        assert queued.id == "survives-restart"
+    finally:
+        worker.stop()
+        broker.stop()
+
+
+class RestartableRedis:
+    """A redis-server of one test, with AOF, that can be restarted on the same port and data."""
+
+    def __init__(self, folder: Path) -> None:
+        import shutil
+
+        from tests.support.processes import free_port
+
+        folder.mkdir(parents=True)
+        self.folder, self.port = folder, free_port()
+        self.binary = shutil.which("redis-server") or "redis-server"
+        self.process: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RestartableRedis:
+        from tests.support.processes import ManagedProcess
+
+        self.process = ManagedProcess(
+            "redis-aof", [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--appendonly", "yes",
+                          "--appendfsync", "always", "--save", "", "--dir", str(self.folder)],
+            self.folder / "redis.log",
+        ).start()
+        client = redis.Redis.from_url(self.url)
+        wait_until(lambda: _answers(client), 15, "redis to answer")
+        return self
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
