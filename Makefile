@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all demo test lint lint-docker bench redis-server venv clean
+.PHONY: all demo test lint lint-docker bench redis-server chromium venv clean
 
 all: test
 
@@ -24,8 +24,15 @@ redis-server:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 
+# Debian's chromium when it is missing: the Flower tests render its pages headless and fail without it.
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  echo "installing chromium"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
 lint: venv lint-docker
-	$(VENV)/bin/ruff check producer worker simulator demo tests
+	$(VENV)/bin/ruff check producer worker simulator demo harness tests
 	$(VENV)/bin/mypy
 
 # The deployment, checked without a Docker engine: the Dockerfile, every shell script, both compose files.
@@ -35,11 +42,15 @@ lint-docker: venv
 	$(VENV)/bin/shellcheck $(SHELL_SCRIPTS)
 	$(VENV)/bin/check-jsonschema --builtin-schema vendor.compose-spec compose.yaml compose.worker.yaml
 
-test: venv redis-server lint
+test: venv redis-server chromium lint
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q
 
 demo: venv redis-server
 	$(PY) -m demo
+
+# A bounded fault run on loopback: 200 jobs, 3 workers, 3 simulators, kill -9s and a Redis restart.
+chaos: venv redis-server
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m harness.chaos
 
 bench: venv redis-server
 	$(PY) -m bench

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 from demo.samples import make_character_png, make_dance_mp4
+from harness.local import Service, free_port, redis_service, simulator_service, wait_for_port, worker_service
 from producer.client import DanceClient
 from producer.errors import DanceError
 from producer.progressbar import ProgressLine
@@ -36,55 +33,27 @@ SIM_START_DELAY_S = 3.0
 JOB_TIMEOUT_S = 300.0
 
 
-def free_port(preferred: int = 0) -> int:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", preferred))
-        except OSError:
-            sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Services:
     """The demo's child processes, stopped together."""
 
     def __init__(self) -> None:
-        self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
-        (STATE_DIR / "logs").mkdir(parents=True, exist_ok=True)
+        self.children: list[Service] = []
 
-    def start(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        log = (STATE_DIR / "logs" / f"{name}.log").open("wb")
-        child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env},
-                                 start_new_session=True)
-        self.children.append((name, child))
-        print(f"  started {name:<10} (log: {log.name})")
+    def start(self, service: Service) -> Service:
+        self.children.append(service.start())
+        print(f"  started {service.name:<11} (log: {service.log_path})")
+        return service
 
     def stop(self) -> None:
-        for _, child in reversed(self.children):
-            if child.poll() is None:
-                os.killpg(child.pid, signal.SIGTERM)
-        for _, child in reversed(self.children):
-            try:
-                child.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(child.pid, signal.SIGKILL)
-
-
-def wait_for_port(port: int, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise SystemExit(f"nothing listens on port {port} after {timeout_s:.0f}s; see {STATE_DIR / 'logs'}")
+        for service in reversed(self.children):
+            service.stop()
 
 
 def start_cluster(services: Services) -> tuple[dict[str, str], str]:
+    logs = STATE_DIR / "logs"
     redis_port = free_port()
-    services.start("redis", [shutil.which("redis-server") or "redis-server", "--port", str(redis_port),
-                             "--bind", "127.0.0.1", "--save", "", "--dir", str(STATE_DIR)], {})
-    wait_for_port(redis_port, 15)
+    services.start(redis_service("redis", redis_port, STATE_DIR, logs))
+    wait_for_port(redis_port, 15, "redis")
     broker = f"redis://127.0.0.1:{redis_port}/0"
     env = {"CELERY_BROKER_URL": broker, "CELERY_RESULT_BACKEND": broker,
            "DANCE_STORAGE_URL": (STATE_DIR / "storage").as_uri(), "PYTHONUNBUFFERED": "1"}
@@ -92,17 +61,16 @@ def start_cluster(services: Services) -> tuple[dict[str, str], str]:
     if comfyui_url is None:
         sim_port = free_port()
         comfyui_url = f"http://127.0.0.1:{sim_port}"
-        services.start("comfyui-sim", [sys.executable, "-m", "simulator", "--port", str(sim_port),
-                                       "--data-dir", str(STATE_DIR / "comfyui"), "--exec-s", str(SIM_EXEC_S),
-                                       "--start-delay-s", str(SIM_START_DELAY_S)], {})
+        services.start(simulator_service("comfyui-sim", sim_port, STATE_DIR / "comfyui", logs, SIM_EXEC_S,
+                                         start_delay_s=SIM_START_DELAY_S))
         env["COMFYUI_INPUT_DIR"] = str(STATE_DIR / "comfyui" / "input")
     env["COMFYUI_URL"] = comfyui_url
-    services.start("worker", [sys.executable, "-m", "producer.cli", "worker", "-n", "demo@%h"], env)
+    services.start(worker_service("demo", env, logs))
     flower_port = free_port(FLOWER_PORT)
     password = secrets.token_urlsafe(9)
-    services.start("flower", [sys.executable, "-m", "celery", "-A", "worker.app", "flower",
-                              f"--port={flower_port}", "--address=127.0.0.1",
-                              f"--basic-auth=dance:{password}", "--persistent=False"], env)
+    services.start(Service("flower", [sys.executable, "-m", "celery", "-A", "worker.app", "flower",
+                                      f"--port={flower_port}", "--address=127.0.0.1",
+                                      f"--basic-auth=dance:{password}", "--persistent=False"], env, logs))
     return env, f"http://127.0.0.1:{flower_port}  (user dance, password {password})"
 
 

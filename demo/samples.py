@@ -37,7 +37,7 @@ def make_dance_mp4(path: Path, frames: int = 24, width_px: int = 128, height_px:
             image = Image.new("RGB", (width_px, height_px), (20, 24, 40))
             _figure(ImageDraw.Draw(image), width_px, height_px, phase=index / CLIP_FPS * 2 * math.pi,
                     colour=(240, 240, 240))
-            frame = av.VideoFrame.from_image(image)
+            frame = av.VideoFrame.from_image(image)  # type: ignore[no-untyped-call]
             frame.pts = index
             for packet in stream.encode(frame):
                 container.mux(packet)

@@ -177,6 +177,7 @@ COMFY_NODE_ERRORS = _code(
 COMFY_EXECUTION_ERROR = _code("comfyui.execution_error", ComfyRejected, "a node raised while the prompt ran")
 COMFY_INTERRUPTED = _code("comfyui.interrupted", ComfyRejected, "someone else interrupted our prompt")
 COMFY_NO_OUTPUTS = _code("comfyui.no_outputs", ComfyRejected, "the prompt finished without any saved output")
+COMFY_NO_GPU = _code("comfyui.no_gpu", ConfigInvalid, "COMFYUI_REQUIRE_GPU is on but ComfyUI lists no CUDA device")
 COMFY_UNREACHABLE = _code("comfyui.unreachable", ComfyUnavailable, "ComfyUI refused the connection or vanished")
 COMFY_PROTOCOL = _code("comfyui.protocol_error", ComfyUnavailable, "ComfyUI answered something we cannot read")
 
@@ -184,6 +185,9 @@ JOB_DEADLINE = _code("job.deadline_exceeded", JobEnded, "the job ran past its ex
 JOB_CANCELLED = _code("job.cancelled", JobEnded, "the job was cancelled")
 JOB_BUSY_ELSEWHERE = _code(
     "job.busy_elsewhere", RetryableError, "another worker still holds this job's execution lease"
+)
+JOB_WORKER_STOPPED = _code(
+    "job.worker_stopped", RetryableError, "the worker was stopped mid-job; the job went back to the queue"
 )
 JOB_UNKNOWN = _code(
     "job.unknown", InvalidRequest, "no job with this id was ever submitted (or its result expired)"

@@ -39,6 +39,11 @@ class CancelRegistry:
             with self._lock:
                 self._flags.pop(task_id, None)
 
+    def running_ids(self) -> list[str]:
+        """Ids of the jobs running on this worker now."""
+        with self._lock:
+            return sorted(self._flags)
+
     def terminate(self, revoked: set[str]) -> None:
         """Stop the revoked jobs among those running; if none of them is revoked, this terminate
         comes from a shutdown and every running job stops."""

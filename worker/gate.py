@@ -60,6 +60,8 @@ class ComfyGate(bootsteps.StartStopStep):
         #: When ComfyUI last stopped being ready (first: the start); the readiness timeout counts from it.
         self.waiting_since = self.started_at
         self.ready_after_s: float | None = None
+        #: The latest probe that found ComfyUI not ready: what is missing, with codes.
+        self.verdict: Readiness | None = None
         self.detached: list[str] = []
         self.held_ready_callback: Callable[[Any], None] | None = None
         self.backoff = Backoff(base_s=settings.ready_poll_min_s, cap_s=settings.ready_poll_max_s)
@@ -124,8 +126,9 @@ class ComfyGate(bootsteps.StartStopStep):
                     self._lost()
                     next_report = time.monotonic() + settings.ready_log_interval_s
                 if not self.ready.is_set():
+                    self.verdict = verdict
                     next_report = self._report_waiting(verdict, next_report)
-                    if self._past_deadline():
+                    if self._past_deadline(verdict):
                         return
             pause = settings.ready_poll_max_s if self.ready.is_set() else self.backoff.delay_s(attempt)
             attempt += 1
@@ -150,14 +153,15 @@ class ComfyGate(bootsteps.StartStopStep):
         )
         return now + self.runtime.settings.ready_log_interval_s
 
-    def _past_deadline(self) -> bool:
+    def _past_deadline(self, verdict: Readiness) -> bool:
         timeout_s = self.runtime.settings.ready_timeout_s
         if time.monotonic() - self.waiting_since < timeout_s:
             return False
-        log.error("ComfyUI was not ready within COMFYUI_READY_TIMEOUT_S=%.0fs; exiting with code %d",
-                  timeout_s, EXIT_NEVER_READY)
-        # The event loop raises WorkerShutdown(EXIT_NEVER_READY) on its next turn; no queue was
-        # ever attached, so nothing was reserved.
+        code = verdict.codes[0] if verdict.codes else "comfyui.unreachable"
+        log.error("[%s] ComfyUI was not ready within COMFYUI_READY_TIMEOUT_S=%.0fs (missing: %s); "
+                  "exiting with code %d", code, timeout_s, "; ".join(verdict.missing), EXIT_NEVER_READY)
+        # The event loop raises WorkerShutdown(EXIT_NEVER_READY) on its next turn; the queues are
+        # detached, so nothing is reserved.
         worker_state.should_stop = EXIT_NEVER_READY
         return True
 

@@ -21,7 +21,7 @@ from producer.errors import JOB_BUSY_ELSEWHERE, JOB_CANCELLED, error
 from producer.redact import redact_url
 from producer.schema import DanceRequest, parse_request
 from worker.cancels import CancelFlag
-from worker.cleanup import JOB_MARK, clean_comfyui, output_subfolder
+from worker.cleanup import JOB_MARK, InFlight, clean_comfyui, input_name, output_subfolder
 from worker.comfy_ws import EventSocket
 from worker.execution import PromptOutcome, PromptRun
 from worker.inputs import FetchedInput, fetch_input
@@ -55,7 +55,6 @@ class JobContext:
     progress: ProgressReporter
     started_at: float = field(default_factory=time.time)
     timings: Timings = field(default_factory=Timings)
-    uploaded_inputs: list[str] = field(default_factory=list)
     prompt_id: str | None = None
 
 
@@ -79,9 +78,9 @@ def run_job(runtime: Runtime, ctx: JobContext, raw_request: object) -> dict[str,
         shutil.rmtree(job_dir, ignore_errors=True)
         settings = runtime.settings
         runtime.prompts_in_flight.discard(ctx.prompt_id or "")
-        clean_comfyui(runtime.http, ctx.job_id, ctx.prompt_id, ctx.uploaded_inputs,
-                      settings.comfyui_input_dir, settings.comfyui_output_dir,
-                      in_flight=frozenset(runtime.prompts_in_flight))
+        in_flight = InFlight(frozenset(runtime.prompts_in_flight), frozenset(runtime.cancels.running_ids()))
+        clean_comfyui(runtime.http, ctx.job_id, ctx.prompt_id, settings.comfyui_input_dir,
+                      settings.comfyui_output_dir, in_flight)
         runtime.leases.release(ctx.job_id)
 
 
@@ -144,10 +143,7 @@ def _fetch_inputs(
 
 
 def _upload(runtime: Runtime, ctx: JobContext, fetched: FetchedInput, role: str) -> str:
-    name = f"dance-{ctx.job_id}-{role}{fetched.path.suffix}"
-    stored = runtime.http.upload_image(fetched.path, name)
-    ctx.uploaded_inputs.append(stored)
-    return stored
+    return runtime.http.upload_image(fetched.path, input_name(ctx.job_id, role, fetched.path.suffix))
 
 
 def _bind(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from producer.errors import DanceError
+from producer.errors import COMFY_NO_GPU, WORKFLOW_MISSING_MODELS, WORKFLOW_UNKNOWN_NODES, DanceError
 from worker.comfy_http import PROBE_TIMEOUT_S, ComfyHttp
 from worker.workflow import ModelRef, Workflow
 
@@ -27,6 +27,8 @@ class Readiness:
     answering: bool = False
     #: The device that will run jobs, e.g. "cuda:0 NVIDIA H100 80GB HBM3 : cudaMallocAsync" or "cpu".
     device: str | None = None
+    #: The stable error code of each missing thing, in the same order as ``missing``.
+    codes: tuple[str, ...] = ()
 
 
 def probe(http: ComfyHttp, workflow: Workflow, require_gpu: bool, full: bool = True) -> Readiness:
@@ -36,25 +38,32 @@ def probe(http: ComfyHttp, workflow: Workflow, require_gpu: bool, full: bool = T
         stats = http.system_stats(timeout_s=PROBE_TIMEOUT_S)
     except DanceError as exc:
         reason = exc.details.get("reason") or exc.code
-        return Readiness(False, (f"ComfyUI at {http.base_url} not answering /system_stats ({reason})",))
-    missing: list[str] = []
+        text = f"ComfyUI at {http.base_url} not answering /system_stats ({reason})"
+        return Readiness(False, (text,), codes=(exc.code,))
+    missing: dict[str, str] = {}
     device = pick_device(stats, require_gpu)
     if device is None:
-        missing.append("a CUDA device (COMFYUI_REQUIRE_GPU is on; /system_stats lists none)")
-    if not full:
-        return Readiness(not missing, tuple(missing), answering=True, device=device)
+        missing["a CUDA device (COMFYUI_REQUIRE_GPU is on; /system_stats lists none)"] = COMFY_NO_GPU
+    if full:
+        missing.update(_workflow_gaps(http, workflow))
+    return Readiness(not missing, tuple(missing), answering=True, device=device, codes=tuple(missing.values()))
+
+
+def _workflow_gaps(http: ComfyHttp, workflow: Workflow) -> dict[str, str]:
+    """What the workflow needs that /object_info does not offer, each with its code."""
     try:
         info = http.object_info(timeout_s=OBJECT_INFO_TIMEOUT_S)
     except DanceError as exc:
-        missing.append(f"/object_info ({exc.code})")
-        return Readiness(False, tuple(missing), answering=True, device=device)
+        return {f"/object_info ({exc.code})": exc.code}
+    gaps: dict[str, str] = {}
     absent = sorted(workflow.class_types - set(info))
     if absent:
-        missing.append(f"node classes {', '.join(absent)}")
+        gaps[f"node classes {', '.join(absent)}"] = WORKFLOW_UNKNOWN_NODES
     models = [ref for ref in workflow.model_refs() if ref.class_type in info and not _offered(info, ref)]
     if models:
-        missing.append("model files " + ", ".join(f"{m.filename} ({m.class_type}.{m.input_name})" for m in models))
-    return Readiness(not missing, tuple(missing), answering=True, device=device)
+        listed = ", ".join(f"{m.filename} ({m.class_type}.{m.input_name})" for m in models)
+        gaps[f"model files {listed}"] = WORKFLOW_MISSING_MODELS
+    return gaps
 
 
 def pick_device(stats: dict[str, Any], require_gpu: bool) -> str | None:

@@ -4,8 +4,10 @@ Outcomes, by branch of the error tree:
 
 * success: the result dict (and the manifest in storage);
 * a permanent error: the job fails; its result carries ``{code, message, details}``;
-* a retryable error (ComfyUI died, storage hiccup): the message goes back to the queue, at most
-  ``DANCE_MAX_ATTEMPTS`` starts in all, then the job fails with the last code;
+* a retryable error of the cluster (ComfyUI died, storage or broker hiccup): the message goes back to
+  the queue, at most ``DANCE_MAX_ATTEMPTS`` starts in all, then the job fails with the last code;
+* a retryable error of a media host (5xx, timeout): already retried within the download, so the job
+  fails with its code;
 * a cancel: the job ends REVOKED; a worker shutdown: the job goes back to the queue.
 """
 
@@ -18,7 +20,15 @@ from celery.exceptions import Ignore, Reject
 
 from producer import keys
 from producer.celeryconf import TASK_NAME
-from producer.errors import JOB_CANCELLED, JOB_WORKER_STOPPED, ComfyUnavailable, DanceError, PermanentError, error
+from producer.errors import (
+    JOB_CANCELLED,
+    JOB_WORKER_STOPPED,
+    ComfyUnavailable,
+    DanceError,
+    InputUnavailable,
+    PermanentError,
+    error,
+)
 from worker.app import app
 from worker.cancels import REVOKED, SHUTDOWN, CancelFlag
 from worker.job import JobContext, run_job
@@ -79,7 +89,9 @@ def _settle(task: Any, runtime: Runtime, flag: CancelFlag, exc: DanceError, atte
             # Cancelled through the Redis marker: no revoke reached this worker, so the state is ours to set.
             task.backend.mark_as_revoked(job_id, "cancelled", request=task.request)
         raise Ignore() from exc  # the state stays REVOKED; a FAILURE must not overwrite it
-    if not exc.retryable:
+    if not exc.retryable or isinstance(exc, InputUnavailable):
+        # A media host that still fails after the download's own retries (DANCE_DOWNLOAD_ATTEMPTS)
+        # fails the job with its code; requeueing would only repeat those retries elsewhere.
         return
     if attempt >= runtime.settings.max_attempts:
         log.error("job %s: %s after %d attempts; failing it", job_id, exc.code, attempt)

@@ -162,6 +162,9 @@ def test_the_stop_grace_period_covers_the_longest_job_and_the_soft_window_ends_b
         assert grace_s >= longest_s + MIN_GRACE_MARGIN_S, name
         assert soft_s == grace_s - SOFT_WINDOW_GAP_S, name
         assert soft_s >= longest_s, name
+        # and the worker's own drain hands an unfinished job back before the entrypoint's backstop
+        drain_s = float(env["DANCE_DRAIN_S"])
+        assert longest_s <= drain_s < soft_s, name
 
 
 def test_each_worker_environment_is_one_the_worker_accepts(each: dict[str, Any]) -> None:

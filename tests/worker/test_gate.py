@@ -88,16 +88,18 @@ def test_a_worker_whose_comfyui_never_gets_ready_exits_non_zero_and_reserves_not
 
 
 @pytest.mark.parametrize(
-    ("sim_options", "worker_env", "missing"),
+    ("sim_options", "worker_env", "missing", "code"),
     [
-        ({"missing_node": ["WanVideoSamplerv2"]}, {}, "node classes WanVideoSamplerv2"),
-        ({"missing_model": ["clip_vision_h.safetensors"]}, {}, "model files clip_vision_h.safetensors"),
-        ({"device": "cpu"}, {"COMFYUI_REQUIRE_GPU": "1"}, "a CUDA device"),
+        ({"missing_node": ["WanVideoSamplerv2"]}, {}, "node classes WanVideoSamplerv2", "workflow.unknown_nodes"),
+        ({"missing_model": ["clip_vision_h.safetensors"]}, {}, "model files clip_vision_h.safetensors",
+         "workflow.missing_models"),
+        ({"device": "cpu"}, {"COMFYUI_REQUIRE_GPU": "1"}, "a CUDA device", "comfyui.no_gpu"),
     ],
     ids=["missing-node", "missing-model", "no-gpu"],
 )
 def test_the_gate_waits_and_says_what_is_missing_until_timeout(
-    cluster: Cluster, comfysim: Any, sim_options: dict[str, Any], worker_env: dict[str, str], missing: str
+    cluster: Cluster, comfysim: Any, sim_options: dict[str, Any], worker_env: dict[str, str], missing: str,
+    code: str,
 ) -> None:
     # Given a ComfyUI that answers but lacks something the workflow needs
     sim = comfysim(**sim_options)
@@ -108,6 +110,7 @@ def test_the_gate_waits_and_says_what_is_missing_until_timeout(
     # Then it reports what is missing and finally exits non-zero without ever being ready
     assert worker.wait(timeout_s=60) != 0
     assert missing in worker.log()
+    assert f"[{code}] ComfyUI was not ready within" in worker.log()
     assert not READY_LINE.search(worker.log())
 
 

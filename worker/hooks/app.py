@@ -1,0 +1,103 @@
+"""The hooks worker's Celery app: ``dance hooks-worker`` or ``celery -A worker.hooks.app worker``.
+
+It consumes only :data:`~producer.ledger.HOOKS_QUEUE` with a pool of threads, has no readiness gate and
+never talks to ComfyUI, so GPU workers and webhook deliveries cannot slow each other down: a dead or
+hanging callback endpoint ties up a hooks thread until its timeout, never a GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from celery import Celery, bootsteps
+from kombu.entity import Queue
+
+from producer.celeryconf import shared_config
+from producer.client import DanceClient
+from producer.ledger import HOOKS_QUEUE
+from producer.settings import ProducerSettings
+from worker.backoff import Backoff
+from worker.hooks.settings import HooksSettings
+from worker.inputs.guard import AllowList
+
+#: Timeout of the hooks worker's Redis calls, in seconds.
+REDIS_TIMEOUT_S = 5.0
+
+
+def hooks_config(settings: HooksSettings) -> dict[str, Any]:
+    config = shared_config(settings.broker_url, settings.result_backend, settings.result_expires_s)
+    config.update({
+        "dance_hooks_settings": settings,
+        "task_queues": [Queue(HOOKS_QUEUE, routing_key=HOOKS_QUEUE)],  # type: ignore[no-untyped-call]
+        "task_default_queue": HOOKS_QUEUE,
+        "task_acks_late": True,
+        "worker_prefetch_multiplier": 1,
+        "worker_concurrency": settings.concurrency,
+        "worker_pool": "threads",
+        "worker_send_task_events": True,
+    })
+    return config
+
+
+class HooksConfig(Mapping[str, Any]):
+    """Celery configuration computed from the environment on first access (not at import)."""
+
+    def __init__(self) -> None:
+        self._data: dict[str, Any] | None = None
+
+    def _load(self) -> dict[str, Any]:
+        if self._data is None:
+            self._data = hooks_config(HooksSettings.from_env())
+        return self._data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._load()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._load())
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+
+@dataclass
+class HooksRuntime:
+    settings: HooksSettings
+    #: The producer API on the same broker: reads batches and job states as any producer would.
+    client: DanceClient
+    redis: redis.Redis
+    allow: AllowList
+    backoff: Backoff
+
+    @staticmethod
+    def current(app: Any) -> HooksRuntime:
+        runtime = getattr(app, "dance_hooks_runtime", None)
+        if runtime is None:
+            raise RuntimeError("the hooks runtime is built by HooksRuntimeStep; start `dance hooks-worker`")
+        return runtime  # type: ignore[no-any-return]
+
+
+class HooksRuntimeStep(bootsteps.Step):
+    """Builds the :class:`HooksRuntime` once, when the worker boots."""
+
+    name = "dance.hooks_runtime"
+
+    def __init__(self, w: Any, **kwargs: Any) -> None:
+        super().__init__(w, **kwargs)
+        settings: HooksSettings = w.app.conf["dance_hooks_settings"]
+        client = DanceClient(ProducerSettings(broker_url=settings.broker_url, result_backend=settings.result_backend))
+        w.app.dance_hooks_runtime = HooksRuntime(
+            settings=settings, client=client,
+            redis=redis.Redis.from_url(settings.broker_url, socket_timeout=REDIS_TIMEOUT_S,
+                                       socket_connect_timeout=REDIS_TIMEOUT_S),
+            allow=AllowList.parse(settings.allow_hosts),
+            backoff=Backoff(base_s=settings.retry_base_s, cap_s=settings.retry_cap_s),
+        )
+
+
+app = Celery("dance-hooks", include=["worker.hooks.tasks"], set_as_current=False)
+app.config_from_object(HooksConfig())
+app.steps["worker"].add(HooksRuntimeStep)

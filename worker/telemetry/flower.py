@@ -1,0 +1,124 @@
+"""Dance metrics on Flower's own /metrics: a Prometheus collector that reads the workers' snapshots.
+
+Flower serves ``prometheus_client``'s default registry; :func:`register` adds a collector to it that, on
+each scrape, reads every live worker's snapshot (:mod:`worker.telemetry.step`) and the queue depths from
+Redis. Flower loads it through its config file (``--conf``, see :mod:`worker.telemetry.flowerconfig`).
+
+Series (label ``worker`` is the Celery node name):
+
+* ``dance_worker_ready``, ``dance_worker_ready_seconds`` (start to ready), ``dance_worker_busy_ratio``
+  (last minute), ``dance_worker_busy_seconds_total``;
+* ``dance_jobs_total{outcome, code}``;
+* ``dance_stage_duration_seconds{stage}``: a histogram of queue_wait, download, execute and upload;
+* ``dance_comfyui_vram_total_bytes`` / ``dance_comfyui_vram_free_bytes{device}`` from /system_stats;
+* ``dance_queue_messages{queue, priority}``: messages waiting.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from producer import keys
+from producer.clusterview import discover_queues, queue_depths, read_records
+from producer.ledger import HOOKS_QUEUE
+from producer.settings import DEFAULT_QUEUE
+
+log = logging.getLogger(__name__)
+
+#: Timeout of the collector's Redis calls, in seconds: a scrape must not hang on a dead broker.
+REDIS_TIMEOUT_S = 3.0
+
+
+def _worker_families(snapshots: list[dict[str, Any]]) -> Iterator[Metric]:
+    ready = GaugeMetricFamily("dance_worker_ready", "1 when the worker's ComfyUI passed the readiness gate",
+                              labels=["worker"])
+    ready_s = GaugeMetricFamily("dance_worker_ready_seconds", "Seconds from worker start until ComfyUI was ready",
+                                labels=["worker"])
+    ratio = GaugeMetricFamily("dance_worker_busy_ratio", "Fraction of the last minute spent running a job",
+                              labels=["worker"])
+    busy = CounterMetricFamily("dance_worker_busy_seconds", "Seconds spent running jobs", labels=["worker"])
+    for snap in snapshots:
+        worker = [snap["hostname"]]
+        ready.add_metric(worker, 1.0 if snap.get("ready") else 0.0)
+        if snap.get("ready_after_s") is not None:
+            ready_s.add_metric(worker, float(snap["ready_after_s"]))
+        ratio.add_metric(worker, float(snap.get("busy_ratio") or 0.0))
+        busy.add_metric(worker, float(snap.get("busy_seconds_total") or 0.0))
+    yield from (ready, ready_s, ratio, busy)
+
+
+def _job_families(snapshots: list[dict[str, Any]]) -> Iterator[Metric]:
+    jobs = CounterMetricFamily("dance_jobs", "Jobs ended on the worker, by outcome and error code",
+                               labels=["worker", "outcome", "code"])
+    stages = HistogramMetricFamily("dance_stage_duration_seconds", "Duration of each stage of successful jobs",
+                                   labels=["worker", "stage"])
+    for snap in snapshots:
+        for row in snap.get("jobs") or []:
+            jobs.add_metric([snap["hostname"], row["outcome"], row["code"]], float(row["count"]))
+        for stage, hist in (snap.get("stages") or {}).items():
+            cumulative, buckets = 0, []
+            for bound, count in zip([*hist["bounds_s"], float("inf")], hist["counts"], strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(float(bound)), float(cumulative)))
+            stages.add_metric([snap["hostname"], stage], buckets, float(hist["sum_s"]))
+    yield from (jobs, stages)
+
+
+def _vram_families(snapshots: list[dict[str, Any]]) -> Iterator[Metric]:
+    total = GaugeMetricFamily("dance_comfyui_vram_total_bytes", "VRAM of the device, as ComfyUI's /system_stats "
+                              "reports it", labels=["worker", "device"])
+    free = GaugeMetricFamily("dance_comfyui_vram_free_bytes", "Free VRAM of the device, as ComfyUI's "
+                             "/system_stats reports it", labels=["worker", "device"])
+    for snap in snapshots:
+        for device in snap.get("vram") or []:
+            labels = [snap["hostname"], str(device["device"])]
+            if device.get("total_bytes") is not None:
+                total.add_metric(labels, float(device["total_bytes"]))
+            if device.get("free_bytes") is not None:
+                free.add_metric(labels, float(device["free_bytes"]))
+    yield from (total, free)
+
+
+class DanceCollector(Collector):
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            snapshots = read_records(self.client, keys.WORKER_METRICS_PATTERN)
+            depths = queue_depths(self.client, discover_queues(self.client, [DEFAULT_QUEUE, HOOKS_QUEUE]))
+        except redis.RedisError as exc:
+            # Flower's own series still answer; ours are absent, which an alert on absent() catches.
+            log.warning("dance metrics unavailable: %s", exc)
+            return
+        yield from _worker_families(snapshots)
+        yield from _job_families(snapshots)
+        yield from _vram_families(snapshots)
+        queued = GaugeMetricFamily("dance_queue_messages", "Messages waiting, by queue and priority (0 first)",
+                                   labels=["queue", "priority"])
+        for depth in depths:
+            for priority, count in depth.by_priority.items():
+                queued.add_metric([depth.queue, str(priority)], float(count))
+        yield queued
+
+
+def collector_client(broker_url: str) -> redis.Redis:
+    """A Redis client that fails fast: a scrape answers without the dance series rather than late."""
+    return redis.Redis.from_url(broker_url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S,
+                                retry=Retry(NoBackoff(), 0))
+
+
+def register(broker_url: str) -> DanceCollector:
+    """Add the collector to the default registry that Flower's /metrics serves."""
+    collector = DanceCollector(collector_client(broker_url))
+    REGISTRY.register(collector)
+    return collector
