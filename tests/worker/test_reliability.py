@@ -28,7 +28,7 @@ def test_comfyui_killed_mid_job_requeues_the_job_which_completes_once_comfyui_is
     # Given a job running on a worker whose ComfyUI holds it mid-sampler
     sim = comfysim(exec_s=0.2)
     sim.faults({"hold": True})
-    worker = cluster.start_worker("w", sim.url)
+    worker = cluster.start_worker("w", sim.url, COMFYUI_READY_LOG_INTERVAL_S="1")
     with cluster.client() as client:
         handle = client.submit(dance_request(media_server, tmp_path), job_id="comfy-dies")
         wait_until(lambda: sim.state()["held"], 30, "the prompt to be held")
@@ -38,8 +38,9 @@ def test_comfyui_killed_mid_job_requeues_the_job_which_completes_once_comfyui_is
         wait_until(lambda: handle.status() == "REQUEUED", 20, "the job to be requeued")
         assert handle.progress() is None and counter(cluster, keys.attempts("comfy-dies")) == 1
         worker.wait_for_log("handing the job back to the queue")
-        # and the worker takes nothing while ComfyUI is down: the job waits in Redis
-        worker.wait_for_log("detached until ComfyUI is ready")
+        wait_until(lambda: queued_messages(cluster.broker_url) == 1, 10, "the message back in its queue")
+        # and the worker takes nothing while ComfyUI is down: after it reported waiting, the job is still queued
+        worker.wait_for_log("waiting for ComfyUI for")
         assert queued_messages(cluster.broker_url) == 1 and unacked_messages(cluster.broker_url) == 0
         # When ComfyUI comes back on the same port
         comfysim(port=sim.port, data_dir=sim.data_dir, exec_s=0.2)
