@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 from demo.samples import make_character_png, make_dance_mp4
-from harness.local import Service, free_port, redis_service, simulator_service, wait_for_port, worker_service
+from harness.local import redis_service, simulator_service, wait_for_port, worker_service
+from harness.processes import ManagedProcess, free_port
 from producer.client import DanceClient
 from producer.errors import DanceError
 from producer.progressbar import ProgressLine
@@ -37,9 +38,9 @@ class Services:
     """The demo's child processes, stopped together."""
 
     def __init__(self) -> None:
-        self.children: list[Service] = []
+        self.children: list[ManagedProcess] = []
 
-    def start(self, service: Service) -> Service:
+    def start(self, service: ManagedProcess) -> ManagedProcess:
         self.children.append(service.start())
         print(f"  started {service.name:<11} (log: {service.log_path})")
         return service
@@ -68,9 +69,10 @@ def start_cluster(services: Services) -> tuple[dict[str, str], str]:
     services.start(worker_service("demo", env, logs))
     flower_port = free_port(FLOWER_PORT)
     password = secrets.token_urlsafe(9)
-    services.start(Service("flower", [sys.executable, "-m", "celery", "-A", "worker.app", "flower",
-                                      f"--port={flower_port}", "--address=127.0.0.1",
-                                      f"--basic-auth=dance:{password}", "--persistent=False"], env, logs))
+    services.start(ManagedProcess("flower", [sys.executable, "-m", "celery", "-A", "worker.app", "flower",
+                                             f"--port={flower_port}", "--address=127.0.0.1",
+                                             f"--basic-auth=dance:{password}", "--persistent=False"],
+                                  logs / "flower.log", env=env))
     return env, f"http://127.0.0.1:{flower_port}  (user dance, password {password})"
 
 

@@ -23,7 +23,8 @@ import redis
 
 from demo.samples import make_character_png, make_dance_mp4
 from harness.chaos_report import Report, Watcher, collect, render
-from harness.local import Service, free_port, redis_service, simulator_service, wait_for_port, worker_service
+from harness.local import redis_service, simulator_service, wait_for_port, worker_service
+from harness.processes import ManagedProcess, free_port
 from producer.client import DanceClient
 from producer.settings import ProducerSettings
 from worker.storage import open_storage
@@ -53,14 +54,14 @@ class ChaosSettings:
 
 @dataclass
 class Cluster:
-    redis: Service
+    redis: ManagedProcess
     redis_url: str
-    simulators: list[Service] = field(default_factory=list)
-    workers: list[Service] = field(default_factory=list)
-    #: Services the supervisor leaves alone until this monotonic time (set when killed).
+    simulators: list[ManagedProcess] = field(default_factory=list)
+    workers: list[ManagedProcess] = field(default_factory=list)
+    #: ManagedProcesss the supervisor leaves alone until this monotonic time (set when killed).
     down_until: dict[str, float] = field(default_factory=dict)
 
-    def services(self) -> list[Service]:
+    def services(self) -> list[ManagedProcess]:
         return [self.redis, *self.simulators, *self.workers]
 
 

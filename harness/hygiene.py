@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from demo.samples import make_character_png, make_dance_mp4
-from harness.local import free_port, redis_service, simulator_service, wait_for_port, worker_service
+from harness.local import redis_service, simulator_service, wait_for_port, worker_service
+from harness.processes import free_port
 from producer.client import DanceClient
 from producer.settings import ProducerSettings
 from worker.cleanup import INPUT_PREFIX

@@ -216,7 +216,8 @@ class PromptExecutor:
             self._progress_hook(class_type, node_id),
             self._preview_hook(),
             self.faults.exec_s,
-            {"return_types": self.catalog.return_types(class_type), "loaded_models": self.loaded_models},
+            {"return_types": self.catalog.return_types(class_type), "loaded_models": self.loaded_models,
+             "pad_output_bytes": self.faults.pad_output_bytes},
         )
         # nodes.before_node_execution: a pending interrupt stops the node before it starts (15).
         self.interrupt.raise_if_set()

@@ -16,6 +16,10 @@ Faults are armed with POST /__sim__/faults and are one-shot unless ``"sticky": t
 - ``{"crash_at": EVENT}``: the process dies with ``os._exit(137)`` at EVENT (same forms), as a SIGKILL
   would leave it.
 - ``{"exec_s": S}``: the sampler's simulated duration from now on.
+- ``{"view_bytes_per_s": R}``: GET /view streams files at R bytes per second (0: unthrottled), so the
+  benchmarks can give output transfers a duration.
+- ``{"pad_output_bytes": N}``: VHS_VideoCombine appends an MP4 ``free`` box of N bytes to its video
+  (sparse on disk), for transfers of large outputs.
 - ``{"clear": true}``: disarm everything.
 
 GET /__sim__/state summarises what the simulator saw; GET /__sim__/last_prompt returns the last POST /prompt
@@ -47,6 +51,8 @@ FAULT_KEYS = frozenset(
         "drop_websockets_at",
         "crash_at",
         "exec_s",
+        "view_bytes_per_s",
+        "pad_output_bytes",
         "sticky",
         "clear",
     }
@@ -71,6 +77,8 @@ class SimState:
     uploads: list[str] = field(default_factory=list)
     #: Cache resets done for POST /free {"free_memory": true}; the worker applies them between prompts.
     memory_frees: int = 0
+    #: (prompt_id, started_at, ended_at) of every finished prompt, in epoch seconds: the GPU's busy times.
+    runs: list[tuple[str, float, float]] = field(default_factory=list)
     #: The last POST /prompt body as it arrived, before validation coerced any value (GET /__sim__/last_prompt).
     last_prompt_body: Any = None
 
@@ -84,6 +92,8 @@ class Faults:
         self._release_pending = False
         self._armed: dict[str, dict[str, Any]] = {}
         self.exec_s = exec_s
+        self.view_bytes_per_s = 0.0
+        self.pad_output_bytes = 0
         self.held = False
         self.state = SimState()
 
@@ -96,6 +106,10 @@ class Faults:
                 self._armed.clear()
             if "exec_s" in spec:
                 self.exec_s = float(spec["exec_s"])
+            if "view_bytes_per_s" in spec:
+                self.view_bytes_per_s = float(spec["view_bytes_per_s"])
+            if "pad_output_bytes" in spec:
+                self.pad_output_bytes = int(spec["pad_output_bytes"])
             if spec.get("hold"):
                 self._armed["hold"] = {
                     "class": None if "hold_node" in spec else spec.get("hold_class", DEFAULT_HOLD_CLASS),
@@ -179,6 +193,7 @@ class Faults:
         upload: str | None = None,
         executed: str | None = None,
         memory_free: bool = False,
+        run: tuple[str, float, float] | None = None,
     ) -> None:
         with self._lock:
             self.state.interrupts += int(interrupt)
@@ -187,6 +202,8 @@ class Faults:
                 self.state.uploads.append(upload)
             if executed is not None:
                 self.state.executed.append(executed)
+            if run is not None:
+                self.state.runs.append(run)
 
     def received_prompt(self, body: Any) -> None:
         with self._lock:
@@ -207,6 +224,7 @@ class Faults:
                 "running": running,
                 "held": self.held,
                 "memory_frees": self.state.memory_frees,
+                "runs": [list(run) for run in self.state.runs],
             }
 
 

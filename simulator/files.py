@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import mimetypes
@@ -19,6 +20,8 @@ from simulator.paths import Dirs
 
 #: Read size when comparing an upload with a file of the same name, in bytes.
 HASH_CHUNK_BYTES = 1 << 20
+#: Pause granularity of a paced /view, in seconds.
+PACE_TICK_S = 0.05
 #: Extensions /view serves as downloads rather than documents.
 DOWNLOAD_ONLY_EXTENSIONS = {".html", ".htm", ".js", ".css"}
 #: WEBP/JPEG quality of /view?preview=... when none is given.
@@ -106,6 +109,9 @@ class FileRoutes:
         content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
         if os.path.splitext(filename)[1].lower() in DOWNLOAD_ONLY_EXTENSIONS:
             content_type = "application/octet-stream"
+        if self._faults.view_bytes_per_s > 0:
+            return await _paced(request, resolved, self._faults.view_bytes_per_s,
+                                {**disposition, "Content-Type": content_type})
         # FileResponse streams from disk with Content-Length, ETag and range support.
         return web.FileResponse(resolved, headers={**disposition, "Content-Type": content_type})
 
@@ -126,6 +132,19 @@ class FileRoutes:
             output_dir = full_output_dir
         file = os.path.join(output_dir, os.path.basename(filename))
         return file if os.path.isfile(file) else HTTPStatus.NOT_FOUND
+
+
+async def _paced(request: web.Request, path: str, bytes_per_s: float, headers: dict[str, str]) -> web.StreamResponse:
+    """Stream ``path`` at ``bytes_per_s`` (a benchmark knob, not ComfyUI behaviour)."""
+    response = web.StreamResponse(headers={**headers, "Content-Length": str(os.path.getsize(path))})
+    await response.prepare(request)
+    chunk = max(1, int(bytes_per_s * PACE_TICK_S))
+    with open(path, "rb") as handle:
+        while piece := handle.read(chunk):
+            await response.write(piece)
+            await asyncio.sleep(len(piece) / bytes_per_s)
+    await response.write_eof()
+    return response
 
 
 def _preview(file: str, preview: str, channel: str, headers: dict[str, str]) -> web.Response:

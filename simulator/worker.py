@@ -40,6 +40,7 @@ class PromptWorker(threading.Thread):
 
     def _run_one(self, item: QueueItem, task_id: int) -> None:
         started = time.perf_counter()
+        started_at = time.time()
         prompt_id = item[1]
         try:
             self._executor.execute(item[2], prompt_id, item[3], item[4])
@@ -54,7 +55,7 @@ class PromptWorker(threading.Thread):
             "messages": [list(message) for message in executor.status_messages],
         }
         self._queue.task_done(task_id, executor.history_result, status)
-        self._faults.record(executed=prompt_id)
+        self._faults.record(executed=prompt_id, run=(prompt_id, started_at, time.time()))
         client_id = self._messenger.client_id
         if client_id is not None:
             self._messenger.send_sync("executing", {"node": None, "prompt_id": prompt_id}, client_id)

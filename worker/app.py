@@ -16,6 +16,7 @@ from kombu.entity import Queue
 from producer.celeryconf import shared_config
 from worker.gate import ComfyGate
 from worker.liveness import Liveness
+from worker.pipeline import concurrency_for
 from worker.refresher import LeaseRefresher
 from worker.runtime import RuntimeStep
 from worker.settings import WorkerSettings
@@ -48,7 +49,7 @@ def worker_config(settings: WorkerSettings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
-        "worker_concurrency": 1,
+        "worker_concurrency": concurrency_for(settings.pipeline_depth),
         "worker_pool": POOL,
         "worker_send_task_events": True,
         # A redelivered job whose result already says SUCCESS is not run again.

@@ -96,10 +96,12 @@ class PromptRun:
 
     def __init__(
         self, http: ComfyHttp, sock: EventSocket, prompt_id: str, deadline: float,
-        cancel: threading.Event, on_progress: ProgressCallback,
+        cancel: threading.Event, on_progress: ProgressCallback, on_start: Callable[[], None] = lambda: None,
     ) -> None:
         self.http, self.sock, self.prompt_id = http, sock, prompt_id
         self.deadline, self.cancel, self.on_progress = deadline, cancel, on_progress
+        #: Called once when ComfyUI starts running the prompt (it may first wait in ComfyUI's queue).
+        self.on_start = on_start
         self.tracker = Tracker(prompt_id)
         self._drops = 0
         self._next_history_check = time.monotonic() + HISTORY_SAFETY_POLL_S
@@ -144,7 +146,10 @@ class PromptRun:
             self._next_history_check = time.monotonic()
             return
         if event is not None:
+            waiting = self.tracker.started_at is None
             self.tracker.feed(event, self.on_progress)
+            if waiting and self.tracker.started_at is not None:
+                self.on_start()
 
     def _reconnect_or_poll(self) -> None:
         # The HTTP side tells a dead ComfyUI (refused: raise at once, the job goes back to the

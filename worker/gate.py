@@ -78,11 +78,32 @@ class ComfyGate(bootsteps.StartStopStep):
             if self.held_ready_callback is None and c.init_callback is not None:
                 # Holding worker_ready: no receiver and no "ready." line before ComfyUI is.
                 self.held_ready_callback, c.init_callback = c.init_callback, None
+        self._limit_consumption(c)
         if self.thread is None:
             self.thread = threading.Thread(target=self._probe_loop, name="comfy-gate", daemon=True)
             self.thread.start()
+            pipeline = self.runtime.pipeline
+            pipeline.hostname, pipeline.ready = c.hostname, self.ready.is_set
+            threading.Thread(target=pipeline.run_view, args=(self.stop_event,), name="pipeline-view",
+                             daemon=True).start()
         # Reconnects restart consumer steps, so the timer is made anew on every start.
         self.timer_ref = c.timer.call_repeatedly(TICK_S, self._tick, (c,), priority=10)
+
+    def _limit_consumption(self, c: Any) -> None:
+        """Let the pipeline decide, before each BRPOP, whether to take one more message.
+
+        kombu's Redis transport issues the next BRPOP only while ``channel.qos.can_consume()`` holds; Celery
+        wraps it the same way for ``worker_disable_prefetch``. Done on every start: a reconnect makes a new
+        channel.
+        """
+        qos = c.task_consumer.channel.qos
+        original = qos.can_consume
+        admits = self.runtime.pipeline.admits
+
+        def can_consume() -> bool:
+            return bool(original()) and admits()
+
+        qos.can_consume = can_consume
 
     def stop(self, c: Any) -> None:
         if self.timer_ref is not None:
@@ -130,7 +151,14 @@ class ComfyGate(bootsteps.StartStopStep):
                     next_report = self._report_waiting(verdict, next_report)
                     if self._past_deadline(verdict):
                         return
-            pause = settings.ready_poll_max_s if self.ready.is_set() else self.backoff.delay_s(attempt)
+            if self.ready.is_set():
+                pause = settings.ready_poll_max_s
+            elif not verdict.answering:
+                # Nothing listens yet: a refused connect never reaches ComfyUI, so polling fast costs it
+                # nothing and the first 200 is seen within ready_poll_min_s.
+                pause = settings.ready_poll_min_s
+            else:
+                pause = self.backoff.delay_s(attempt)  # it answers but lacks something: /object_info is heavy
             attempt += 1
             self.stop_event.wait(pause)
 

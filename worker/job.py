@@ -12,6 +12,7 @@ import logging
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from worker.comfy_ws import EventSocket
 from worker.execution import PromptOutcome, PromptRun
 from worker.inputs import FetchedInput, fetch_input
 from worker.outputs import MANIFEST_NAME, store_outputs
+from worker.pipeline import EXECUTING, FINISHING, WAITING
 from worker.progress import ProgressReporter
 from worker.runtime import Runtime
 from worker.settings import JOB_IO_ALLOWANCE_S
@@ -56,6 +58,8 @@ class JobContext:
     started_at: float = field(default_factory=time.time)
     timings: Timings = field(default_factory=Timings)
     prompt_id: str | None = None
+    #: Moves the job to another pipeline phase (worker/pipeline.py).
+    phase: Callable[[str], None] = field(default=lambda _phase: None)
 
 
 def run_job(runtime: Runtime, ctx: JobContext, raw_request: object) -> dict[str, Any]:
@@ -178,16 +182,19 @@ def _execute(runtime: Runtime, ctx: JobContext, graph: dict[str, Any]) -> Prompt
         submitted = runtime.http.queue_prompt(graph, client_id, {JOB_MARK: ctx.job_id})
         ctx.prompt_id = submitted.prompt_id
         runtime.prompts_in_flight.add(submitted.prompt_id)
+        ctx.phase(WAITING)
         _count(runtime, keys.executions(ctx.job_id))
         log.info("job %s: ComfyUI prompt %s queued", ctx.job_id, submitted.prompt_id)
         deadline = time.monotonic() + ctx.deadline_s
-        run = PromptRun(runtime.http, sock, submitted.prompt_id, deadline, ctx.cancel.event, ctx.progress.comfy)
+        run = PromptRun(runtime.http, sock, submitted.prompt_id, deadline, ctx.cancel.event, ctx.progress.comfy,
+                        on_start=lambda: ctx.phase(EXECUTING))
         if submitted.rejection is not None:
             run.stop_prompt()  # the valid part was queued: do not spend GPU time on a failed job
             raise submitted.rejection
         outcome = run.wait()
     finally:
         sock.close()
+        ctx.phase(FINISHING)
     ctx.timings.execute_s = outcome.execute_s
     return outcome
 

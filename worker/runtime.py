@@ -18,6 +18,7 @@ from worker.backoff import Backoff
 from worker.cancels import CancelRegistry
 from worker.comfy_http import ComfyHttp
 from worker.leases import ExecutionLeases
+from worker.pipeline import Pipeline
 from worker.settings import WorkerSettings
 from worker.storage import Storage, open_storage
 from worker.workflow import Workflow, load_workflow
@@ -54,6 +55,7 @@ class Runtime:
     #: A plain client of the broker's Redis, for the job bookkeeping keys of producer/keys.py.
     redis: redis.Redis
     leases: ExecutionLeases
+    pipeline: Pipeline
     cancels: CancelRegistry = field(default_factory=CancelRegistry)
     #: ComfyUI prompt ids of the jobs this worker is running now; cleanup leaves their history alone.
     prompts_in_flight: set[str] = field(default_factory=set)
@@ -79,6 +81,7 @@ class Runtime:
             work_dir=work_dir,
             redis=client,
             leases=ExecutionLeases(client, ttl_s=settings.visibility_timeout_s),
+            pipeline=Pipeline(client, settings.queues, settings.pipeline_depth),
         )
 
     def drain(self, sig: str | None = None, how: str | None = None, **_: Any) -> None:

@@ -39,6 +39,9 @@ DEFAULT_VISIBILITY_TIMEOUT_S = 40.0
 MIN_VISIBILITY_TIMEOUT_S = 4.0
 #: Longest pause between two sweeps that return expired messages, in seconds.
 MAX_RESTORE_INTERVAL_S = 5
+#: Jobs a worker stages (downloads, uploads, queues in ComfyUI) while another executes; 0 is the old
+#: serial design (download, run, upload, then the next job).
+DEFAULT_PIPELINE_DEPTH = 1
 #: How long a worker told to stop (SIGTERM) lets its running job go on before handing it back to
 #: the queue, in seconds; docker's stop_grace_period must exceed it.
 DEFAULT_DRAIN_S = 60.0
@@ -94,6 +97,7 @@ class WorkerSettings:
     presign_expires_s: int = DEFAULT_PRESIGN_EXPIRES_S
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     drain_s: float = DEFAULT_DRAIN_S
+    pipeline_depth: int = DEFAULT_PIPELINE_DEPTH
     #: ComfyUI's input and output folders when the worker shares them (a volume); lets the worker
     #: delete the files of finished jobs, which ComfyUI's API cannot do.
     comfyui_input_dir: Path | None = None
@@ -123,6 +127,9 @@ class WorkerSettings:
                 job_deadline_s=self.job_deadline_s,
                 max_job_deadline_s=self.max_job_deadline_s,
             )
+        if self.pipeline_depth < 0:
+            raise error(CONFIG_INVALID, "DANCE_PIPELINE_DEPTH must be 0 (serial) or more",
+                        pipeline_depth=self.pipeline_depth)
         if not self.queues:
             raise error(CONFIG_INVALID, "DANCE_QUEUES names no queue", queues=list(self.queues))
 
@@ -145,6 +152,7 @@ class WorkerSettings:
             max_job_deadline_s=max_deadline,
             visibility_timeout_s=env_float(env, "DANCE_VISIBILITY_TIMEOUT_S", DEFAULT_VISIBILITY_TIMEOUT_S),
             drain_s=env_float(env, "DANCE_DRAIN_S", DEFAULT_DRAIN_S),
+            pipeline_depth=env_int(env, "DANCE_PIPELINE_DEPTH", DEFAULT_PIPELINE_DEPTH),
             result_expires_s=env_int(env, "DANCE_RESULT_EXPIRES_S", DEFAULT_RESULT_EXPIRES_S),
             comfyui_http_timeout_s=env_float(env, "COMFYUI_HTTP_TIMEOUT_S", DEFAULT_COMFYUI_HTTP_TIMEOUT_S),
             presign_expires_s=env_int(env, "DANCE_PRESIGN_EXPIRES_S", DEFAULT_PRESIGN_EXPIRES_S),

@@ -48,8 +48,13 @@ def generate(
     runtime = Runtime.current(self.app)
     job_id: str = self.request.id
     settings = runtime.settings
+    if runtime.pipeline.should_hand_back(job_id):
+        # Taken ahead by a busy worker in the instant a peer turned idle: the idle GPU should run it.
+        # Not an attempt: nothing ran.
+        log.info("job %s: handed back to the queue, a peer is idle while this GPU is busy", job_id)
+        raise Reject("handed back to an idle peer", requeue=True)
     attempt = _count_attempt(runtime, job_id)
-    with runtime.cancels.running(job_id) as flag:
+    with runtime.cancels.running(job_id) as flag, runtime.pipeline.tracking(job_id) as move:
         ctx = JobContext(
             job_id=job_id,
             hostname=self.request.hostname or "",
@@ -57,6 +62,7 @@ def generate(
             submitted_at=submitted_at,
             cancel=flag,
             progress=ProgressReporter(self, job_id),
+            phase=move,
         )
         try:
             return run_job(runtime, ctx, request)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from harness.seaweed import S3Server
 from tests.fixtures.media_server import MediaServer, SampleMedia, fetch_error, fetch_settings, leftovers
-from tests.fixtures.s3_server import S3Server
 from worker.inputs import fetch_input, sniff_media
 from worker.inputs.sniff import sniff_bytes
 from worker.storage import LocalStorage, open_storage

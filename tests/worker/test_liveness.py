@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -17,10 +18,8 @@ def consuming_channel(broker_url: str) -> tuple[Any, Any, Connection]:
     consumer = Consumer(channel, [Queue("liveness-probe")], accept=["json"])
     consumer.consume()
     # One poll round sends a BRPOP on the channel, as the worker's event loop does.
-    try:
+    with contextlib.suppress(TimeoutError):
         connection.drain_events(timeout=0.2)
-    except TimeoutError:
-        pass
     return consumer, channel, connection
 
 
@@ -43,7 +42,7 @@ def test_a_consumer_with_room_that_sent_no_brpop_for_the_stall_period_is_stalled
 
 
 def test_a_gated_worker_is_not_stalled_however_long_it_waits(redis_db: str) -> None:
-    consumer, channel, connection = consuming_channel(redis_db)
+    consumer, _channel, connection = consuming_channel(redis_db)
     try:
         consumer.cancel_by_queue("liveness-probe")
         later = time.monotonic() + STALL_S * 10

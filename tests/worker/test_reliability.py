@@ -154,16 +154,20 @@ def test_sigterm_lets_the_running_job_finish_within_the_drain_period(
     worker = cluster.start_worker("w", sim.url, DANCE_DRAIN_S="60")
     with cluster.client() as client:
         handle = client.submit(dance_request(media_server, tmp_path))
-        queued = client.submit(dance_request(media_server, tmp_path))
-        wait_until(lambda: sim.state()["held"], 30, "the prompt to be held")
-        # When the worker is told to stop while its job runs
+        staged = client.submit(dance_request(media_server, tmp_path))
+        # (the worker stages the second job while the first runs: its prompt waits in ComfyUI)
+        wait_until(lambda: sim.state()["held"] and sim.state()["prompts_received"] == 2, 30,
+                   "one prompt held and the next staged")
+        # When the worker is told to stop while its jobs are in flight
         worker.signal(signal.SIGTERM)
         worker.wait_for_log("draining")
+        later = client.submit(dance_request(media_server, tmp_path))
         sim.release()
-        # Then the running job finishes, the worker exits cleanly, and the queued job stays queued
+        # Then the jobs in flight finish, the worker exits cleanly, and a job sent afterwards stays queued
         assert handle.result(timeout_s=30)["status"] == "succeeded"
+        assert staged.result(timeout_s=30)["status"] == "succeeded"
         assert worker.wait(timeout_s=30) == 0
-        assert queued.status() == "PENDING" and queued_messages(cluster.broker_url) == 1
+        assert later.status() == "PENDING" and queued_messages(cluster.broker_url) == 1
 
 
 def test_sigterm_hands_a_job_that_outlasts_the_drain_period_back_to_the_queue(

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from harness.seaweed import S3Server
 from producer.errors import DanceError
 from tests.fixtures.media_server import GeneratorStream, MediaServer, Route, patterned, patterned_chunks
-from tests.fixtures.s3_server import S3Server
 from tests.support.processes import free_port
 from worker.storage import Storage, open_storage
 from worker.storage.s3 import TransferSettings

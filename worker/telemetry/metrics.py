@@ -1,4 +1,4 @@
-"""A worker's own numbers: jobs by outcome and code, stage durations, busy time; snapshots for Prometheus.
+"""A worker's own numbers: jobs by outcome and code, stage durations, GPU busy time; snapshots for Prometheus.
 
 The worker keeps plain counters in memory and publishes a JSON snapshot to Redis now and then (see
 :mod:`worker.telemetry.step`); Flower's /metrics turns the snapshots of every live worker into
@@ -18,7 +18,7 @@ from typing import Any
 STAGE_BUCKETS_S = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)
 #: Histogram stages and the result timing each is read from.
 STAGE_TIMINGS = {"queue_wait": "queued_s", "download": "download_s", "execute": "execute_s", "upload": "upload_s"}
-#: The window over which the busy fraction is computed, in seconds.
+#: The window over which the GPU busy fraction is computed, in seconds.
 BUSY_WINDOW_S = 60.0
 
 
@@ -42,7 +42,12 @@ class Histogram:
 
 
 class WorkerMetrics:
-    """Thread-safe: the pool thread records jobs, the event loop records revokes, a thread publishes."""
+    """Thread-safe: the pool thread records jobs, the event loop records revokes, a thread publishes.
+
+    GPU busy time is sampled, not inferred from jobs: a sample says whether ComfyUI was running a prompt
+    (``queue_running`` of its /queue). With the worker staging the next job while one executes, "a job is
+    in the pool" would overstate it.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -50,9 +55,10 @@ class WorkerMetrics:
         self.jobs: Counter[tuple[str, str]] = Counter()
         self.stages = {stage: Histogram() for stage in STAGE_TIMINGS}
         self.running: dict[str, float] = {}
-        self.busy_total_s = 0.0
-        #: (start, end) of recent jobs, monotonic seconds, for the busy fraction.
-        self._recent: deque[tuple[float, float]] = deque()
+        self.gpu_busy_s = 0.0
+        #: (sample time, seconds it covers, busy) of recent samples, monotonic seconds.
+        self._samples: deque[tuple[float, float, bool]] = deque()
+        self._last_sample_at: float | None = None
         #: Set when a job ended, so the snapshot is published at once rather than at the next tick.
         self.changed = threading.Event()
 
@@ -61,13 +67,8 @@ class WorkerMetrics:
             self.running[job_id] = time.monotonic()
 
     def job_finished(self, job_id: str) -> None:
-        now = time.monotonic()
         with self._lock:
-            began = self.running.pop(job_id, None)
-            if began is None:
-                return
-            self.busy_total_s += now - began
-            self._recent.append((began, now))
+            self.running.pop(job_id, None)
 
     def job_ended(self, outcome: str, code: str | None, timings: dict[str, Any] | None) -> None:
         with self._lock:
@@ -78,31 +79,38 @@ class WorkerMetrics:
                     self.stages[stage].observe(float(value))
         self.changed.set()
 
+    def gpu_sample(self, busy: bool, now: float | None = None) -> None:
+        """Record whether the GPU was busy since the previous sample."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            covered = now - (self._last_sample_at if self._last_sample_at is not None else now)
+            self._last_sample_at = now
+            self._samples.append((now, covered, busy))
+            if busy:
+                self.gpu_busy_s += covered
+
     def current_jobs(self) -> list[str]:
         with self._lock:
             return sorted(self.running)
 
     def busy_ratio(self, now: float | None = None) -> float:
-        """Fraction of the last :data:`BUSY_WINDOW_S` seconds (or of the uptime, if shorter) spent in jobs."""
+        """Fraction of the sampled time in the last :data:`BUSY_WINDOW_S` seconds the GPU was busy."""
         now = time.monotonic() if now is None else now
-        start = max(now - BUSY_WINDOW_S, self.started_at)
         with self._lock:
-            while self._recent and self._recent[0][1] < start:
-                self._recent.popleft()
-            spans = [*self._recent, *((began, now) for began in self.running.values())]
-        busy = sum(max(0.0, min(end, now) - max(began, start)) for began, end in spans)
-        window = now - start
-        return min(1.0, busy / window) if window > 0 else 0.0
+            while self._samples and self._samples[0][0] < now - BUSY_WINDOW_S:
+                self._samples.popleft()
+            sampled = sum(covered for _, covered, _ in self._samples)
+            busy = sum(covered for _, covered, was_busy in self._samples if was_busy)
+        return busy / sampled if sampled > 0 else 0.0
 
     def snapshot(self) -> dict[str, Any]:
         now = time.monotonic()
         ratio = self.busy_ratio(now)
         with self._lock:
-            running_s = sum(now - began for began in self.running.values())
             return {
                 "uptime_s": now - self.started_at,
                 "current_jobs": sorted(self.running),
-                "busy_seconds_total": self.busy_total_s + running_s,
+                "busy_seconds_total": self.gpu_busy_s,
                 "busy_ratio": ratio,
                 "jobs": [{"outcome": outcome, "code": code, "count": count}
                          for (outcome, code), count in sorted(self.jobs.items())],

@@ -2,8 +2,9 @@
 
 * A daemon thread publishes a JSON snapshot under ``dance:metrics:<hostname>`` (expiring after
   :data:`SNAPSHOT_TTL_S`) every :data:`PUBLISH_INTERVAL_S`, and at once when readiness changes or a job
-  starts or ends: readiness, current jobs, busy time, jobs by outcome and code, stage histograms and
-  ComfyUI's VRAM from ``/system_stats``. It runs off the event loop: asking ComfyUI may take seconds.
+  starts or ends: readiness, current jobs, GPU busy time (ComfyUI's /queue, sampled every
+  :data:`GPU_SAMPLE_S`), jobs by outcome and code, stage histograms and ComfyUI's VRAM from
+  ``/system_stats``. It runs off the event loop: asking ComfyUI may take seconds.
 * :meth:`Telemetry.info` adds ``dance_*`` entries to the worker's ``stats`` reply, which Flower shows
   under the worker's "Other" tab: a worker waiting for ComfyUI says so there (and shows no active
   queues under "Queues").
@@ -36,6 +37,10 @@ TICK_S = 0.25
 SNAPSHOT_TTL_S = 20
 #: Timeout of the /system_stats call for VRAM figures, in seconds.
 VRAM_TIMEOUT_S = 3.0
+#: How often ComfyUI's /queue is sampled for the GPU busy fraction, in seconds.
+GPU_SAMPLE_S = 0.5
+#: Timeout of one /queue sample, in seconds.
+GPU_SAMPLE_TIMEOUT_S = 2.0
 
 
 def readiness_text(runtime: Runtime, started_at: float) -> tuple[bool, str]:
@@ -70,8 +75,8 @@ class Telemetry(bootsteps.StartStopStep):
         self.started_at = time.monotonic()
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
-        settings = self.runtime.settings
-        self.http = ComfyHttp(settings.comfyui_url, settings.comfyui_http_timeout_s)
+        # Its own client: the gate's probe thread and the jobs use the runtime's; calls here stay short.
+        self.http = ComfyHttp(self.runtime.settings.comfyui_url, GPU_SAMPLE_TIMEOUT_S)
 
     def start(self, c: Any) -> None:
         # Consumer steps restart on every broker reconnect; the thread is started once.
@@ -112,10 +117,22 @@ class Telemetry(bootsteps.StartStopStep):
         except redis.RedisError as exc:
             log.warning("could not publish the metrics snapshot: %s", exc)
 
+    def sample_gpu(self) -> None:
+        """Busy means ComfyUI is running a prompt; an unreachable ComfyUI is not busy."""
+        try:
+            queue = self.http.queue()
+        except DanceError:
+            self.metrics.gpu_sample(False)
+            return
+        self.metrics.gpu_sample(bool(queue.get("queue_running")))
+
     def _loop(self) -> None:
         last_state: tuple[bool, tuple[str, ...]] | None = None
-        last_at = 0.0
+        last_at = last_sample_at = 0.0
         while not self.stop_event.is_set():
+            if time.monotonic() - last_sample_at >= GPU_SAMPLE_S:
+                self.sample_gpu()
+                last_sample_at = time.monotonic()
             gate = self.runtime.gate
             state = (bool(gate is not None and gate.ready.is_set()), tuple(self.metrics.current_jobs()))
             due = time.monotonic() - last_at >= PUBLISH_INTERVAL_S

@@ -1,0 +1,148 @@
+"""Keep the GPU busy: stage the next job while one runs, but never while another GPU sits idle.
+
+A job passes through phases: *preparing* (download inputs, upload them, queue the prompt), *waiting*
+(its prompt sits in ComfyUI's queue), *executing* (ComfyUI runs it: the GPU is busy), *finishing*
+(outputs to storage, manifest, cleanup). The old endpoint ran them one after the other, so the GPU idled
+during every download and upload. Here a worker takes the next message as soon as its current job
+executes, so that job N+1 is downloaded, uploaded and queued in ComfyUI while N runs (ComfyUI then
+starts it the moment N ends), and N-1's outputs are uploaded at the same time.
+
+Prefetching is what makes work conservation easy to get wrong (celery#4537, #5480): a busy worker that
+holds the next job makes it wait behind its GPU while another GPU may be idle. So a busy worker takes a
+job ahead only while the queue holds more jobs than there are idle workers; idle workers announce
+themselves in a Redis sorted set per queue. The decision is made where kombu decides whether to issue
+the next BRPOP (``qos.can_consume``, wrapped as Celery's own ``worker_disable_prefetch`` does), so no
+message is taken that the rule forbids; a message that still lands on a busy worker in the instant a
+peer turned idle is handed back (:meth:`Pipeline.should_hand_back`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import redis
+from celery.worker import state as worker_state
+
+from producer.celeryconf import PRIORITY_SEPARATOR, PRIORITY_STEPS
+
+log = logging.getLogger(__name__)
+
+PREPARING, WAITING, EXECUTING, FINISHING = "preparing", "waiting", "executing", "finishing"
+#: How often the worker refreshes its view of the cluster (idle peers, backlog), in seconds.
+VIEW_REFRESH_S = 0.1
+#: An idle announcement older than this no longer counts, in seconds (the announcer may have died).
+IDLE_TTL_S = 2.0
+
+
+def concurrency_for(depth: int) -> int:
+    """Pool threads a worker needs: the staged jobs, the executing one and one finishing; 1 when serial."""
+    return depth + 2 if depth else 1
+
+
+def idle_key(queue: str) -> str:
+    return f"dance:idle:{queue}"
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """What the other workers of this worker's queues look like, refreshed every VIEW_REFRESH_S."""
+
+    idle_peers: int = 0
+    backlog: int = 0
+
+
+class Pipeline:
+    def __init__(self, client: redis.Redis, queues: tuple[str, ...], depth: int) -> None:
+        #: How many jobs may be staged ahead of the executing one (0: the old serial design).
+        self.depth = depth
+        self.client, self.queues = client, queues
+        self.hostname = ""
+        self.ready: Callable[[], bool] = lambda: False
+        self.view = ClusterView()
+        self._phases: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._announced = False
+
+    @property
+    def concurrency(self) -> int:
+        return concurrency_for(self.depth)
+
+    # Phases -------------------------------------------------------------------------------------------
+    @contextmanager
+    def tracking(self, job_id: str) -> Iterator[Callable[[str], None]]:
+        """Track a job from start to end; yields the function that moves it to another phase."""
+        self.enter(job_id, PREPARING)
+        try:
+            yield lambda phase: self.enter(job_id, phase)
+        finally:
+            with self._lock:
+                self._phases.pop(job_id, None)
+
+    def enter(self, job_id: str, phase: str) -> None:
+        with self._lock:
+            self._phases[job_id] = phase
+
+    def counts(self) -> tuple[int, int, int]:
+        """(staged, executing, total): staged includes messages received whose job has not started."""
+        with self._lock:
+            phases = list(self._phases.values())
+        unstarted = max(0, len(worker_state.reserved_requests) - len(phases))
+        staged = unstarted + sum(phase in (PREPARING, WAITING) for phase in phases)
+        executing = sum(phase == EXECUTING for phase in phases)
+        return staged, executing, unstarted + len(phases)
+
+    # Decisions ----------------------------------------------------------------------------------------
+    def admits(self) -> bool:
+        """Whether to take one more message now (called by kombu before each BRPOP)."""
+        staged, executing, total = self.counts()
+        if self.depth == 0:
+            return total == 0
+        if staged >= self.depth or total >= self.concurrency:
+            return False
+        # An idle GPU takes work at once; a busy one takes work ahead only beyond what idle peers can take.
+        return executing == 0 or self.view.backlog > self.view.idle_peers
+
+    def should_hand_back(self, job_id: str) -> bool:
+        """A message that reached this worker while it is busy and a peer is idle goes back to the queue."""
+        with self._lock:
+            others = [phase for job, phase in self._phases.items() if job != job_id]
+        busy = any(phase in (PREPARING, WAITING, EXECUTING) for phase in others)
+        return busy and self.view.idle_peers > self.view.backlog
+
+    # The cluster view (a thread of its own) ----------------------------------------------------------
+    def run_view(self, stop: threading.Event) -> None:
+        while not stop.wait(VIEW_REFRESH_S):
+            try:
+                self.refresh_view()
+            except redis.RedisError as exc:
+                log.debug("cluster view not refreshed: %s", exc)
+
+    def refresh_view(self) -> None:
+        staged, executing, _ = self.counts()
+        idle = bool(self.hostname) and self.ready() and staged == 0 and executing == 0
+        now = time.time()
+        pipe = self.client.pipeline(transaction=False)
+        for queue in self.queues:
+            if idle:
+                pipe.zadd(idle_key(queue), {self.hostname: now})
+            elif self._announced:
+                pipe.zrem(idle_key(queue), self.hostname)
+            pipe.zrangebyscore(idle_key(queue), now - IDLE_TTL_S, "+inf")
+            for step in PRIORITY_STEPS:
+                pipe.llen(f"{queue}{PRIORITY_SEPARATOR}{step}" if step else queue)
+        replies = iter(pipe.execute())
+        peers: set[bytes] = set()
+        backlog = 0
+        for _ in self.queues:
+            if idle or self._announced:
+                next(replies)
+            peers.update(next(replies))
+            backlog += sum(int(next(replies)) for _ in PRIORITY_STEPS)
+        self._announced = idle
+        peers.discard(self.hostname.encode())
+        self.view = ClusterView(idle_peers=len(peers), backlog=backlog)
