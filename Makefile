@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: all demo test lint lint-docker bench redis-server chromium venv clean
+.PHONY: all demo test lint lint-docker bench chaos redis-server chromium venv clean
 
 all: test
 
@@ -52,8 +52,9 @@ demo: venv redis-server
 chaos: venv redis-server
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m harness.chaos
 
+# Performance targets on loopback with the simulator (BENCHMARKS.md); the serial baseline runs beside.
 bench: venv redis-server
-	$(PY) -m bench
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m harness.bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache var test-artifacts

@@ -1,7 +1,7 @@
 """The ``dance`` command: a thin shell over :mod:`producer.client` (and ``dance worker`` over Celery).
 
 Options are declared once, each with its environment fallback; every subcommand calls the same client
-API that services use. Exit codes are the named constants below.
+API that services use. Exit codes are the named constants of :mod:`producer.cli_support`.
 """
 
 from __future__ import annotations
@@ -9,64 +9,27 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
-from producer.client import DanceClient, JobHandle
-from producer.errors import (
-    BROKER_UNREACHABLE,
-    JOB_CANCELLED,
-    JOB_UNKNOWN,
-    JOB_WAIT_TIMEOUT,
-    REQUEST_NOT_OBJECT,
-    ConfigInvalid,
-    DanceError,
-    InvalidRequest,
-    error,
+from producer.cli_support import (
+    EXIT_BROKER,
+    EXIT_CANCELLED,
+    EXIT_JOB_FAILED,
+    EXIT_OK,
+    EXIT_TIMEOUT,
+    EXIT_UNKNOWN_JOB,
+    EXIT_USAGE,
+    exit_code_for,
+    fail,
+    json_option,
+    run_client,
 )
+from producer.client import DanceClient, JobHandle
+from producer.errors import REQUEST_NOT_OBJECT, error
 from producer.progressbar import ProgressLine, describe_progress
-from producer.settings import ProducerSettings
-
-EXIT_OK = 0  #: the command did what was asked; with --wait, the job succeeded
-EXIT_JOB_FAILED = 1  #: the job ended FAILURE (the error's code is printed)
-EXIT_USAGE = 2  #: bad options, an invalid request or an invalid setting; nothing was submitted
-EXIT_TIMEOUT = 3  #: waiting ran out of time; the job may still be queued or running
-EXIT_BROKER = 4  #: the broker (Redis) could not be reached
-EXIT_CANCELLED = 5  #: the job was cancelled
-EXIT_UNKNOWN_JOB = 6  #: no job with that id exists (or its result expired)
-
-_EXIT_BY_CODE = {BROKER_UNREACHABLE: EXIT_BROKER, JOB_WAIT_TIMEOUT: EXIT_TIMEOUT,
-                 JOB_CANCELLED: EXIT_CANCELLED, JOB_UNKNOWN: EXIT_UNKNOWN_JOB}
-
-
-def exit_code_for(exc: DanceError) -> int:
-    if exc.code in _EXIT_BY_CODE:
-        return _EXIT_BY_CODE[exc.code]
-    if isinstance(exc, InvalidRequest | ConfigInvalid):
-        return EXIT_USAGE
-    return EXIT_JOB_FAILED
-
-
-def fail(exc: DanceError, as_json: bool, job_id: str | None = None) -> NoReturn:
-    if as_json:
-        status = "cancelled" if exc.code == JOB_CANCELLED else "failed"
-        click.echo(json.dumps({"job_id": job_id, "status": status, "error": exc.as_dict()}, ensure_ascii=False))
-    click.echo(f"error: {exc}", err=True)
-    sys.exit(exit_code_for(exc))
-
-
-def run_client(as_json: bool, action: Callable[[DanceClient], Any], job_id: str | None = None) -> Any:
-    try:
-        with DanceClient(ProducerSettings.from_env()) as client:
-            return action(client)
-    except DanceError as exc:
-        fail(exc, as_json, job_id)
-
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -93,18 +56,21 @@ def main() -> None:
 @click.option("--queue", envvar="DANCE_QUEUE", help="Queue to send to (env DANCE_QUEUE; default 'dance').")
 @click.option("--priority", type=int, help="0 runs first, 9 last (default 5).")
 @click.option("--timeout", "timeout_s", type=float, help="Execution deadline of the job, in seconds.")
+@click.option("--callback-url", help="Gets a signed webhook (Standard Webhooks) when the job ends.")
 @click.option("--wait", is_flag=True, help="Wait for the result, showing live progress.")
 @click.option("--wait-timeout", "wait_timeout_s", type=float, envvar="DANCE_WAIT_TIMEOUT_S",
               help="How long --wait waits, in seconds (env DANCE_WAIT_TIMEOUT_S; default 3600).")
 @json_option
 def submit(request_file: Path | None, job_id: str | None, queue: str | None, priority: int | None,
-           timeout_s: float | None, wait: bool, wait_timeout_s: float | None, as_json: bool, **fields: Any) -> None:
+           timeout_s: float | None, callback_url: str | None, wait: bool, wait_timeout_s: float | None,
+           as_json: bool, **fields: Any) -> None:
     """Enqueue a dance job and print its id (or, with --wait, its result)."""
     request = _read_request(request_file, as_json)
     request.update({name: value for name, value in fields.items() if value is not None})
 
     def go(client: DanceClient) -> None:
-        handle = client.submit(request, job_id=job_id, queue=queue, priority=priority, timeout_s=timeout_s)
+        handle = client.submit(request, job_id=job_id, queue=queue, priority=priority, timeout_s=timeout_s,
+                               callback_url=callback_url)
         if not wait:
             click.echo(json.dumps({"job_id": handle.id, "status": handle.status()}) if as_json else handle.id)
             return
@@ -197,7 +163,20 @@ def _register_worker_commands() -> None:
     main.add_command(models)
 
 
+# Batches and operators' commands live in their own modules, which import this one for its helpers.
+def _register_ops_commands() -> None:
+    from producer.batch_cli import batch, batch_status
+    from producer.ops_cli import cluster, flower, hooks_worker
+
+    for command in (batch, batch_status, cluster, hooks_worker, flower):
+        main.add_command(command)
+
+
 _register_worker_commands()
+_register_ops_commands()
+
+__all__ = ["EXIT_BROKER", "EXIT_CANCELLED", "EXIT_JOB_FAILED", "EXIT_OK", "EXIT_TIMEOUT", "EXIT_UNKNOWN_JOB",
+           "EXIT_USAGE", "exit_code_for", "fail", "json_option", "main", "run_client"]
 
 if __name__ == "__main__":  # pragma: no cover
     os.environ.setdefault("PYTHONUNBUFFERED", "1")

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import redis
 from celery.result import AsyncResult
 from kombu.exceptions import OperationalError
 
-from producer import keys
+from producer import keys, ledger
+from producer.batch import BatchHandle, SubmitCallback, submit_batch
+from producer.batchfile import BatchItem
 from producer.celeryconf import TASK_NAME, make_app, shared_config
 from producer.errors import (
     BROKER_UNREACHABLE,
@@ -29,11 +31,16 @@ from producer.localmedia import stage_local_media
 from producer.redact import redact_url
 from producer.schema import check_job_id, check_priority, check_queue, check_timeout_s, parse_request
 from producer.settings import ProducerSettings
+from producer.webhooks import check_callback_url
 
 #: Pause between two result-backend polls while waiting, in seconds.
 POLL_INTERVAL_S = 0.2
 #: How often a publish is retried when the broker does not answer.
 PUBLISH_MAX_RETRIES = 2
+#: How long a claim may stay unconfirmed by a publish before another submit may take over, in seconds.
+CLAIM_TTL_S = 30
+#: Value prefix of a submitted marker whose job is not published yet.
+CLAIMING = "claiming:"
 #: States in which a job has ended.
 READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 
@@ -71,39 +78,93 @@ class DanceClient:
         queue: str | None = None,
         priority: int | None = None,
         timeout_s: float | None = None,
+        callback_url: str | None = None,
     ) -> JobHandle:
-        """Enqueue a dance job; a ``job_id`` seen before returns that job's handle and sends nothing."""
+        """Enqueue a dance job; a ``job_id`` seen before returns that job's handle and sends nothing.
+
+        ``callback_url`` gets a signed webhook when the job ends (see producer/webhooks.py).
+        """
+        return self._submit(request, job_id=job_id, queue=queue, priority=priority, timeout_s=timeout_s,
+                            callback_url=callback_url)[0]
+
+    def _submit(
+        self, request: Mapping[str, Any], *, job_id: str | None, queue: str | None, priority: int | None,
+        timeout_s: float | None, callback_url: str | None,
+    ) -> tuple[JobHandle, bool]:
+        """:meth:`submit`, also saying whether this call published the job (False: it existed)."""
         job_id = check_job_id(job_id) if job_id is not None else uuid.uuid4().hex
         queue = check_queue(queue or self.settings.default_queue)
         options: dict[str, Any] = {"task_id": job_id, "queue": queue, "routing_key": queue}
         if priority is not None:
             options["priority"] = check_priority(priority)
         deadline_s = check_timeout_s(timeout_s) if timeout_s is not None else None
+        callback = check_callback_url(callback_url) if callback_url is not None else None
         staged = stage_local_media(dict(request), job_id, self.settings.storage_url)
         payload = parse_request(staged).to_payload()
         if not self._claim(job_id, queue):
-            return JobHandle(self, job_id)
+            return JobHandle(self, job_id), False
         kwargs = {"request": payload, "deadline_s": deadline_s, "submitted_at": time.time()}
         try:
+            if callback is not None:
+                self.redis.set(keys.job_callback(job_id), callback, ex=keys.JOB_KEY_TTL_S)
             self.app.send_task(
                 TASK_NAME, kwargs=kwargs, retry=True,
                 retry_policy={"max_retries": PUBLISH_MAX_RETRIES, "interval_start": 0.2, "interval_step": 0.5},
+                # Flower and worker logs show these reprs, never the signed URLs themselves.
+                argsrepr="()", kwargsrepr=repr(_shown_kwargs(kwargs)),
                 **options,
             )
-        except OperationalError as exc:
+        except (OperationalError, redis.RedisError) as exc:
             self._guard(lambda: self.redis.delete(keys.submitted(job_id)))
             raise self._unreachable(exc) from exc
-        return JobHandle(self, job_id)
+        self._guard(lambda: self.redis.set(keys.submitted(job_id), queue, ex=keys.JOB_KEY_TTL_S))
+        return JobHandle(self, job_id), True
+
+    def submit_batch(
+        self,
+        items: Iterable[BatchItem | Mapping[str, Any]],
+        *,
+        batch_id: str | None = None,
+        callback_url: str | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        timeout_s: float | None = None,
+        on_submitted: SubmitCallback | None = None,
+    ) -> BatchHandle:
+        """Submit a batch: plain requests (or :class:`BatchItem` s from :func:`read_batch_file`).
+
+        Job ids are ``<batch_id>-<line>`` unless an item names its own; a batch id seen before submits
+        only the jobs not yet submitted. ``callback_url`` gets one signed webhook when every job ended.
+        ``queue``, ``priority`` and ``timeout_s`` apply to the items that do not set their own.
+        """
+        return submit_batch(self, items, batch_id=batch_id, callback_url=callback_url, queue=queue,
+                            priority=priority, timeout_s=timeout_s, on_submitted=on_submitted)
+
+    def batch(self, batch_id: str) -> BatchHandle:
+        """Reattach to a batch by id, from any machine that reaches the broker."""
+        return BatchHandle(self, batch_id)
 
     def job(self, job_id: str) -> JobHandle:
         return JobHandle(self, check_job_id(job_id))
 
     def _claim(self, job_id: str, queue: str) -> bool:
-        """SET NX the submitted marker: only the first submit of a job id publishes it."""
-        claimed = self._guard(
-            lambda: self.redis.set(keys.submitted(job_id), queue, nx=True, ex=keys.JOB_KEY_TTL_S)
-        )
-        return bool(claimed)
+        """SET NX the submitted marker: only the first submit of a job id publishes it.
+
+        The marker says ``claiming:<queue>`` until the publish is done and expires quickly meanwhile, so
+        a producer that dies between claim and publish does not block the job id for good: a rerun
+        waits for the claim to resolve (or expire) and then publishes the job itself.
+        """
+        marker = keys.submitted(job_id)
+        deadline = time.monotonic() + CLAIM_TTL_S + 1
+        while True:
+            if self._guard(lambda: self.redis.set(marker, CLAIMING + queue, nx=True, ex=CLAIM_TTL_S)):
+                return True
+            value = self._guard(lambda: self.redis.get(marker))
+            if value is not None and not value.startswith(CLAIMING.encode()):
+                return False
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(POLL_INTERVAL_S)
 
     def _guard(self, call: Callable[[], Any]) -> Any:
         try:
@@ -198,7 +259,27 @@ class JobHandle:
             raise self.client._unreachable(exc) from exc
         if state in ("PENDING", "REQUEUED"):
             self.client._guard(lambda: self.client.app.backend.mark_as_revoked(self.id, "cancelled"))
+            # A queued job has ended now, not when some worker meets its message: its batch and its
+            # webhook hear of it at once (the ledger counts it once, whoever settles it first).
+            self._settle_cancelled()
         return self.status()
+
+    def _settle_cancelled(self) -> None:
+        settled = self.client._guard(
+            lambda: ledger.settle(self.client.redis, self.id, ledger.Outcome(ledger.CANCELLED, JOB_CANCELLED)))
+        try:
+            ledger.dispatch(self.client.app, self.id, settled)
+        except OperationalError as exc:
+            raise self.client._unreachable(exc) from exc
+
+
+def _shown_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The task's kwargs as Flower and logs may show them: media URLs without credentials or query."""
+    request = dict(kwargs["request"])
+    for name in ("reference_image", "dance_video"):
+        if isinstance(request.get(name), str):
+            request[name] = redact_url(request[name])
+    return {**kwargs, "request": request}
 
 
 def submit(
@@ -208,11 +289,13 @@ def submit(
     queue: str | None = None,
     priority: int | None = None,
     timeout_s: float | None = None,
+    callback_url: str | None = None,
     client: DanceClient | None = None,
 ) -> JobHandle:
     """Submit with a client built from the environment (or the one given)."""
     client = client or DanceClient.from_env()
-    return client.submit(request, job_id=job_id, queue=queue, priority=priority, timeout_s=timeout_s)
+    return client.submit(request, job_id=job_id, queue=queue, priority=priority, timeout_s=timeout_s,
+                         callback_url=callback_url)
 
 
-__all__ = ["DanceClient", "JobHandle", "submit"]
+__all__ = ["BatchHandle", "BatchItem", "DanceClient", "JobHandle", "submit"]

@@ -87,7 +87,7 @@ class WorkerConfig(Mapping[str, Any]):
         return len(self._load())
 
 
-app = Celery("dance", include=["worker.task"], set_as_current=False)
+app = Celery("dance", include=["worker.task", "worker.telemetry.install"], set_as_current=False)
 app.config_from_object(WorkerConfig())
 app.steps["worker"].add(RuntimeStep)
 app.steps["consumer"].add(ComfyGate)

@@ -97,11 +97,14 @@ class PromptRun:
     def __init__(
         self, http: ComfyHttp, sock: EventSocket, prompt_id: str, deadline: float,
         cancel: threading.Event, on_progress: ProgressCallback, on_start: Callable[[], None] = lambda: None,
+        on_tick: Callable[[], None] = lambda: None,
     ) -> None:
         self.http, self.sock, self.prompt_id = http, sock, prompt_id
         self.deadline, self.cancel, self.on_progress = deadline, cancel, on_progress
         #: Called once when ComfyUI starts running the prompt (it may first wait in ComfyUI's queue).
         self.on_start = on_start
+        #: Called on every turn of the wait (at least every RECV_SLICE_S): lets held-back progress out.
+        self.on_tick = on_tick
         self.tracker = Tracker(prompt_id)
         self._drops = 0
         self._next_history_check = time.monotonic() + HISTORY_SAFETY_POLL_S
@@ -111,6 +114,7 @@ class PromptRun:
         entry = None
         while entry is None:
             self._check_stop()
+            self.on_tick()
             if self.sock.connected:
                 self._read_socket()
             else:

@@ -22,7 +22,7 @@ from producer.errors import JOB_BUSY_ELSEWHERE, JOB_CANCELLED, error
 from producer.redact import redact_url
 from producer.schema import DanceRequest, parse_request
 from worker.cancels import CancelFlag
-from worker.cleanup import JOB_MARK, InFlight, clean_comfyui, input_name, output_subfolder
+from worker.cleanup import JOB_MARK, input_name, output_subfolder
 from worker.comfy_ws import EventSocket
 from worker.execution import PromptOutcome, PromptRun
 from worker.inputs import FetchedInput, fetch_input
@@ -80,11 +80,8 @@ def run_job(runtime: Runtime, ctx: JobContext, raw_request: object) -> dict[str,
         return _record(runtime, ctx, request, seed, outcome)
     finally:
         shutil.rmtree(job_dir, ignore_errors=True)
-        settings = runtime.settings
         runtime.prompts_in_flight.discard(ctx.prompt_id or "")
-        in_flight = InFlight(frozenset(runtime.prompts_in_flight), frozenset(runtime.cancels.running_ids()))
-        clean_comfyui(runtime.http, ctx.job_id, ctx.prompt_id, settings.comfyui_input_dir,
-                      settings.comfyui_output_dir, in_flight)
+        runtime.janitor.job_done(ctx.job_id, ctx.prompt_id)
         runtime.leases.release(ctx.job_id)
 
 
@@ -187,7 +184,7 @@ def _execute(runtime: Runtime, ctx: JobContext, graph: dict[str, Any]) -> Prompt
         log.info("job %s: ComfyUI prompt %s queued", ctx.job_id, submitted.prompt_id)
         deadline = time.monotonic() + ctx.deadline_s
         run = PromptRun(runtime.http, sock, submitted.prompt_id, deadline, ctx.cancel.event, ctx.progress.comfy,
-                        on_start=lambda: ctx.phase(EXECUTING))
+                        on_start=lambda: ctx.phase(EXECUTING), on_tick=ctx.progress.flush)
         if submitted.rejection is not None:
             run.stop_prompt()  # the valid part was queued: do not spend GPU time on a failed job
             raise submitted.rejection

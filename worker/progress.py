@@ -32,6 +32,8 @@ class ProgressReporter:
         #: node id → class_type of the prompt being run, so progress names the node's kind.
         self.node_classes: dict[str, str] = {}
         self._last_sent = 0.0
+        #: The newest update the throttle held back; flush() sends it once the interval has passed.
+        self._pending: dict[str, Any] | None = None
 
     def stage_changed(self, stage: str) -> None:
         self.stage = stage
@@ -40,15 +42,21 @@ class ProgressReporter:
 
     def comfy(self, update: dict[str, Any]) -> None:
         """A progress or executing update from ComfyUI (see worker.execution.Tracker)."""
-        update = {**update, "class_type": self.node_classes.get(str(update.get("node")))}
-        node_changed = update.get("node") != self.last.get("node")
-        finished_node = update.get("max") and update.get("value") == update.get("max")
-        self._publish(update, force=bool(node_changed or finished_node))
+        # Throttled like everything but stage changes: the dance graph has some thirty nodes, most of them
+        # done in milliseconds, and a publish per node would cost more than the nodes themselves.
+        self._publish({**update, "class_type": self.node_classes.get(str(update.get("node")))}, force=False)
+
+    def flush(self) -> None:
+        """Send the update the throttle held back, if its interval has passed (called while waiting)."""
+        if self._pending is not None:
+            self._publish(self._pending, force=False)
 
     def _publish(self, update: dict[str, Any], force: bool) -> None:
         now = time.monotonic()
         if not force and now - self._last_sent < MIN_INTERVAL_S:
+            self._pending = update
             return
+        self._pending = None
         self._last_sent = now
         self.last = update
         meta = {"job_id": self.job_id, "stage": self.stage, **update}

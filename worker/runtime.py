@@ -16,6 +16,7 @@ from redis.retry import Retry
 
 from worker.backoff import Backoff
 from worker.cancels import CancelRegistry
+from worker.cleanup import InFlight, Janitor
 from worker.comfy_http import ComfyHttp
 from worker.leases import ExecutionLeases
 from worker.pipeline import Pipeline
@@ -62,6 +63,15 @@ class Runtime:
     gate: ComfyGate | None = None
     #: The device ComfyUI runs on, as its /system_stats names it; set by the gate.
     device: str | None = None
+    janitor: Janitor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.janitor = Janitor(self.http, self.settings.comfyui_input_dir, self.settings.comfyui_output_dir,
+                               self.in_flight)
+
+    def in_flight(self) -> InFlight:
+        """Prompts and jobs of this worker that are still running: cleanup leaves them alone."""
+        return InFlight(frozenset(self.prompts_in_flight), frozenset(self.cancels.running_ids()))
 
     @classmethod
     def build(cls, settings: WorkerSettings) -> Runtime:
@@ -106,7 +116,7 @@ class Runtime:
         return runtime  # type: ignore[no-any-return]
 
 
-class RuntimeStep(bootsteps.Step):
+class RuntimeStep(bootsteps.StartStopStep):
     """Worker step that builds the :class:`Runtime` before any consumer step needs it.
 
     Worker steps are created before the Consumer (Celery puts the Consumer step last), so the gate
@@ -123,3 +133,7 @@ class RuntimeStep(bootsteps.Step):
         signals.worker_shutting_down.connect(runtime.drain, weak=False)
         log.info("dance runtime: workflow %s, ComfyUI %s, storage %s",
                  settings.workflow_path, settings.comfyui_url, settings.storage_url)
+
+    def shutdown(self, w: Any) -> None:
+        """The worker stops: let the cleanups already handed over finish."""
+        Runtime.current(w.app).janitor.close()

@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import av
 import requests
 import websocket
 
 from tests.fixtures.comfysim import ComfySim, WsRecorder
 from tests.simulator.dance_media import bound_workflow, reference_png, write_clip
-from tests.simulator.test_dance_catalog import SAMPLER, dance_values, history_of, upload
+from tests.simulator.test_dance_catalog import SAMPLER, dance_values, fetch_output, history_of, upload
 from tests.support.processes import wait_until
 
 HTTP_TIMEOUT_S = 30.0
@@ -154,8 +155,30 @@ def test_faults_endpoint_rejects_unknown_keys_and_sets_exec_time(comfysim: Any) 
         "running": None,
         "held": False,
         "memory_frees": 0,
+        "runs": [],
         "sockets": [],
     }
+
+
+def test_the_benchmark_knobs_pace_view_and_pad_outputs(comfysim: Any, tmp_path: Path) -> None:
+    # Given a simulator told to pad its videos and to serve /view at 2 MB/s
+    sim = comfysim(exec_s=0.05)
+    sim.faults({"pad_output_bytes": 1_000_000, "view_bytes_per_s": 2_000_000})
+    # When the dance workflow runs
+    prompt_id = submit(sim, tmp_path)
+    wait_until(lambda: history_of_or_none(sim, prompt_id) is not None, WAIT_S, "the prompt to finish")
+    video = history_of(sim, prompt_id)["outputs"]["139"]["gifs"][0]
+    # Then its video is padded with a free box that players skip
+    path = sim.data_dir / "output" / video["subfolder"] / video["filename"]
+    assert path.stat().st_size >= 1_000_000
+    with av.open(str(path)) as container:
+        assert next(container.decode(video=0)).width > 0
+    # and the paced /view still serves every byte (its pace is measured by `make bench`, not here)
+    fetched = fetch_output(sim, video, tmp_path / "fetched.mp4")
+    assert fetched.read_bytes() == path.read_bytes()
+    # and the run is recorded with its start and end
+    [(run_id, started, ended)] = sim.state()["runs"]
+    assert run_id == prompt_id and started <= ended
 
 
 def test_last_prompt_is_the_body_as_sent_before_validation_coerces_it(comfysim: Any, tmp_path: Path) -> None:

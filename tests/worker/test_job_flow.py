@@ -14,6 +14,7 @@ import requests
 from producer import errors
 from tests.fixtures.workers import Cluster
 from tests.support.jobs import SAMPLE_HEIGHT_PX, SAMPLE_WIDTH_PX, dance_request
+from tests.support.processes import wait_until
 
 
 def video_frames(path: Path) -> tuple[int, int, int]:
@@ -28,7 +29,8 @@ def test_a_dance_job_yields_a_playable_video_a_manifest_and_a_complete_result(
     # Given a ready worker and a ComfyUI whose input folder it shares
     # (4 sampler steps over 2 s, so the producer's polls see steps go by)
     sim = comfysim(exec_s=2.0)
-    cluster.start_worker("w", sim.url, COMFYUI_INPUT_DIR=str(sim.data_dir / "input"))
+    cluster.start_worker("w", sim.url, COMFYUI_INPUT_DIR=str(sim.data_dir / "input"),
+                         COMFYUI_OUTPUT_DIR=str(sim.data_dir / "output"))
     progress: list[dict[str, Any]] = []
     # When a job is submitted and followed
     with cluster.client() as client:
@@ -53,9 +55,14 @@ def test_a_dance_job_yields_a_playable_video_a_manifest_and_a_complete_result(
     sampler_steps = [p for p in progress if p.get("max") == 4 and p["stage"] == "executing"]
     assert sampler_steps and sampler_steps[-1]["node"] == "348"
     assert all(0 < p["percent"] <= 100 for p in sampler_steps)
-    # and ComfyUI keeps nothing of the job: no history entry, no uploaded input
-    assert requests.get(f"{sim.url}/history/{result['comfyui']['prompt_id']}", timeout=5).json() == {}
-    assert not [p for p in (sim.data_dir / "input").iterdir() if "job-e2e-1" in p.name]
+    # and ComfyUI soon keeps nothing of the job: no history entry, no uploaded input, no output file
+    prompt_id = result["comfyui"]["prompt_id"]
+    wait_until(lambda: requests.get(f"{sim.url}/history/{prompt_id}", timeout=5).json() == {}, 10,
+               "the history entry to be deleted")
+    wait_until(lambda: not [p for p in (sim.data_dir / "input").iterdir() if "job-e2e-1" in p.name], 10,
+               "the uploaded inputs to be deleted")
+    wait_until(lambda: not (sim.data_dir / "output" / "dance" / "job-e2e-1").exists(), 10,
+               "the job's output folder to be deleted")
 
 
 def test_the_prompt_reaches_comfyui_unchanged_with_the_negative_prompt_and_typed_numbers(

@@ -1,0 +1,67 @@
+"""``dance cluster``, ``dance hooks-worker`` and ``dance flower``: the operators' commands.
+
+``cluster`` needs only the broker. The other two start worker-side processes and import nothing of the
+worker until they run, so producers without the worker extra keep a working ``dance``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+
+import click
+
+from producer.cli_support import json_option, run_client
+from producer.client import DanceClient
+from producer.clusterview import DEFAULT_INSPECT_TIMEOUT_S, cluster_view
+from producer.ledger import HOOKS_QUEUE
+from producer.views import cluster_table
+
+#: Celery node name of a hooks worker started by ``dance hooks-worker``.
+DEFAULT_HOOKS_WORKER_NAME = "hooks@%h"
+
+
+@click.command("cluster")
+@click.option("--inspect-timeout", "inspect_timeout_s", type=float, default=DEFAULT_INSPECT_TIMEOUT_S,
+              show_default=True, help="Seconds to wait for workers' inspect replies (0: skip the broadcast).")
+@json_option
+def cluster(inspect_timeout_s: float, as_json: bool) -> None:
+    """Show workers (ready, busy, GPU, current job), queue depths per priority and the job rate."""
+
+    def go(client: DanceClient) -> None:
+        view = cluster_view(client, inspect_timeout_s)
+        click.echo(json.dumps(view.as_dict(), ensure_ascii=False) if as_json else cluster_table(view))
+
+    run_client(as_json, go)
+
+
+@click.command("hooks-worker", context_settings={"ignore_unknown_options": True})
+@click.option("--name", "-n", default=DEFAULT_HOOKS_WORKER_NAME, show_default=True, help="Celery node name.")
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def hooks_worker(name: str, loglevel: str, celery_args: tuple[str, ...]) -> None:
+    """Start the worker that sends webhooks and records batch completions (no GPU, no ComfyUI)."""
+    from producer.errors import DanceError
+    from worker.hooks.settings import HooksSettings
+
+    try:
+        HooksSettings.from_env()  # fail here with the error's code, not in a Celery traceback
+    except DanceError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    argv = [sys.executable, "-m", "celery", "-A", "worker.hooks.app", "worker", "-n", name, "-Q", HOOKS_QUEUE,
+            "--loglevel", loglevel, *celery_args]
+    os.execv(sys.executable, argv)
+
+
+@click.command("flower", context_settings={"ignore_unknown_options": True})
+@click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
+def flower(flower_args: tuple[str, ...]) -> None:
+    """Start Flower with the dance metrics on its /metrics (extra arguments go to `celery flower`)."""
+    spec = importlib.util.find_spec("worker.telemetry.flowerconfig")  # located, not run: Flower runs it
+    if spec is None or spec.origin is None:
+        raise click.ClickException("the worker extra is not installed (worker.telemetry.flowerconfig is missing)")
+    argv = [sys.executable, "-m", "celery", "-A", "worker.app", "flower", f"--conf={spec.origin}", *flower_args]
+    os.execv(sys.executable, argv)
