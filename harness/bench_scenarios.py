@@ -209,17 +209,27 @@ def _starts_by_prompt(cluster: BenchCluster) -> dict[str, float]:
 
 
 def scaling(root: Path, gpus: int, jobs_per_gpu: int, exec_s: float) -> Figures:
-    """Jobs per second through ``gpus`` simulated GPUs under a backlog (sleep-based execution)."""
-    media = ThrottledMedia(bench_media(root), bytes_per_s=None)
+    """Jobs per second through ``gpus`` simulated GPUs under a backlog (sleep-based execution, tiny media:
+    on two cores the simulators' own decoding and encoding would otherwise compete for the CPU)."""
+    media = ThrottledMedia(bench_media(root, tiny=True), bytes_per_s=None)
     cluster = BenchCluster(root, gpus=gpus, exec_s=exec_s).start()
     try:
         run_backlog(cluster, media, gpus * jobs_per_gpu)
-        runs = [run for per_gpu in cluster.runs() for run in per_gpu]
+        per_gpu = cluster.runs()
     finally:
         cluster.stop()
         media.close()
-    span = max(end for _, end in runs) - min(start for start, _ in runs)
-    return {"gpus": gpus, "jobs": len(runs), "jobs_per_s": round(len(runs) / span, 3)}
+    return {"gpus": gpus, "jobs": sum(map(len, per_gpu)), "jobs_per_s": round(steady_jobs_per_s(per_gpu), 3)}
+
+
+def steady_jobs_per_s(per_gpu: list[list[tuple[float, float]]]) -> float:
+    """Throughput while every GPU has work: from the last GPU's first start to the first GPU's last end,
+    so that the ramp-up and the uneven tail of a finite backlog do not count. A run counts by the part
+    of it inside that window."""
+    start = max(runs[0][0] for runs in per_gpu)
+    end = min(runs[-1][1] for runs in per_gpu)
+    done = sum(max(0.0, min(e, end) - max(s, start)) / (e - s) for runs in per_gpu for s, e in runs if e > s)
+    return done / (end - start)
 
 
 def memory(root: Path, output_bytes: int) -> Figures:

@@ -41,7 +41,7 @@ log = logging.getLogger("worker.gate")
 EXIT_NEVER_READY = 3
 #: How often the event loop applies the probe's verdict, in seconds. It only reads an Event, so a
 #: short period costs nothing and keeps the time from "ComfyUI ready" to "queue consumed" small.
-TICK_S = 0.02
+TICK_S = 0.05
 #: Consecutive failed probes after which a ready ComfyUI counts as down.
 FAILS_TO_PAUSE = 2
 

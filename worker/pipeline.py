@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 PREPARING, WAITING, EXECUTING, FINISHING = "preparing", "waiting", "executing", "finishing"
 #: How often the worker refreshes its view of the cluster (idle peers, backlog), in seconds.
-VIEW_REFRESH_S = 0.1
+VIEW_REFRESH_S = 0.2
 #: An idle announcement older than this no longer counts, in seconds (the announcer may have died).
 IDLE_TTL_S = 2.0
 

@@ -54,6 +54,10 @@ DEFAULT_MULTIPART_THRESHOLD_BYTES = 8 << 20
 DEFAULT_MULTIPART_CHUNK_BYTES = 8 << 20
 #: Parts uploaded in parallel for one file.
 DEFAULT_MAX_CONCURRENCY = 4
+#: Parts of a streamed upload held in memory at once. s3transfer's default (10 parts, plus one per
+#: submission thread) held ~120 MB for a 1 GB stream; this bounds it near
+#: (max_in_memory + 1) * multipart_chunk_bytes (24 MB with 8 MiB parts).
+DEFAULT_MAX_IN_MEMORY_CHUNKS = 2
 #: TCP connect timeout of one S3 call, in seconds.
 DEFAULT_S3_CONNECT_TIMEOUT_S = 10.0
 #: Socket read timeout of one S3 call, in seconds.
@@ -74,6 +78,7 @@ class TransferSettings:
     multipart_threshold_bytes: int = DEFAULT_MULTIPART_THRESHOLD_BYTES
     multipart_chunk_bytes: int = DEFAULT_MULTIPART_CHUNK_BYTES
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY
+    max_in_memory_chunks: int = DEFAULT_MAX_IN_MEMORY_CHUNKS
     connect_timeout_s: float = DEFAULT_S3_CONNECT_TIMEOUT_S
     read_timeout_s: float = DEFAULT_S3_READ_TIMEOUT_S
 
@@ -117,6 +122,10 @@ class S3Storage:
             multipart_chunksize=transfer.multipart_chunk_bytes,
             max_concurrency=transfer.max_concurrency,
         )
+        # boto3's TransferConfig takes these s3transfer settings as attributes only. One reader thread
+        # pulls a stream; more would each hold one more part.
+        self._transfer.max_in_memory_upload_chunks = transfer.max_in_memory_chunks
+        self._transfer.max_submission_concurrency = 1
 
     def _full(self, key: str) -> str:
         key = clean_key(key)
