@@ -6,6 +6,7 @@ their apps from this one function; the worker adds its own consumption settings 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from celery import Celery
@@ -45,6 +46,29 @@ def shared_config(broker_url: str, result_backend: str, result_expires_s: int) -
         "broker_connection_retry_on_startup": True,
         "timezone": "UTC",
     }
+
+
+class LazyConfig(Mapping[str, Any]):
+    """A Celery configuration built by ``build`` on first access, not at import: ``celery -A`` imports the
+    app module early, and settings are read from the environment once, at the entry point."""
+
+    def __init__(self, build: Callable[[], dict[str, Any]]) -> None:
+        self._build = build
+        self._data: dict[str, Any] | None = None
+
+    def _load(self) -> dict[str, Any]:
+        if self._data is None:
+            self._data = self._build()
+        return self._data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._load()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._load())
+
+    def __len__(self) -> int:
+        return len(self._load())
 
 
 def make_app(name: str, config: dict[str, Any]) -> Celery:

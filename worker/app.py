@@ -7,13 +7,12 @@ however the worker is started.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
 from typing import Any
 
 from celery import Celery
 from kombu.entity import Queue
 
-from producer.celeryconf import shared_config
+from producer.celeryconf import LazyConfig, shared_config
 from worker.gate import ComfyGate
 from worker.liveness import Liveness
 from worker.pipeline import concurrency_for
@@ -65,30 +64,8 @@ def worker_config(settings: WorkerSettings) -> dict[str, Any]:
     })
     return config
 
-
-class WorkerConfig(Mapping[str, Any]):
-    """Celery configuration computed from the environment on first access."""
-
-    def __init__(self) -> None:
-        self._data: dict[str, Any] | None = None
-
-    def _load(self) -> dict[str, Any]:
-        if self._data is None:
-            self._data = worker_config(WorkerSettings.from_env())
-        return self._data
-
-    def __getitem__(self, key: str) -> Any:
-        return self._load()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._load())
-
-    def __len__(self) -> int:
-        return len(self._load())
-
-
 app = Celery("dance", include=["worker.task", "worker.telemetry.install"], set_as_current=False)
-app.config_from_object(WorkerConfig())
+app.config_from_object(LazyConfig(lambda: worker_config(WorkerSettings.from_env())))
 app.steps["worker"].add(RuntimeStep)
 app.steps["consumer"].add(ComfyGate)
 app.steps["consumer"].add(Liveness)

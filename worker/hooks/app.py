@@ -7,7 +7,6 @@ hanging callback endpoint ties up a hooks thread until its timeout, never a GPU.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +14,7 @@ import redis
 from celery import Celery, bootsteps
 from kombu.entity import Queue
 
-from producer.celeryconf import shared_config
+from producer.celeryconf import LazyConfig, shared_config
 from producer.client import DanceClient
 from producer.ledger import HOOKS_QUEUE
 from producer.settings import ProducerSettings
@@ -40,28 +39,6 @@ def hooks_config(settings: HooksSettings) -> dict[str, Any]:
         "worker_send_task_events": True,
     })
     return config
-
-
-class HooksConfig(Mapping[str, Any]):
-    """Celery configuration computed from the environment on first access (not at import)."""
-
-    def __init__(self) -> None:
-        self._data: dict[str, Any] | None = None
-
-    def _load(self) -> dict[str, Any]:
-        if self._data is None:
-            self._data = hooks_config(HooksSettings.from_env())
-        return self._data
-
-    def __getitem__(self, key: str) -> Any:
-        return self._load()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._load())
-
-    def __len__(self) -> int:
-        return len(self._load())
-
 
 @dataclass
 class HooksRuntime:
@@ -99,5 +76,5 @@ class HooksRuntimeStep(bootsteps.Step):
 
 
 app = Celery("dance-hooks", include=["worker.hooks.tasks"], set_as_current=False)
-app.config_from_object(HooksConfig())
+app.config_from_object(LazyConfig(lambda: hooks_config(HooksSettings.from_env())))
 app.steps["worker"].add(HooksRuntimeStep)
