@@ -69,7 +69,7 @@ def start_cluster(services: Services) -> tuple[dict[str, str], str]:
     services.start(worker_service("demo", env, logs))
     flower_port = free_port(FLOWER_PORT)
     password = secrets.token_urlsafe(9)
-    services.start(ManagedProcess("flower", [sys.executable, "-m", "celery", "-A", "worker.app", "flower",
+    services.start(ManagedProcess("flower", [sys.executable, "-m", "producer.cli", "flower",
                                              f"--port={flower_port}", "--address=127.0.0.1",
                                              f"--basic-auth=dance:{password}", "--persistent=False"],
                                   logs / "flower.log", env=env))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from celery.app import trace
 from kombu.entity import Queue
 
 from producer.celeryconf import LazyConfig, shared_config
@@ -63,6 +64,10 @@ def worker_config(settings: WorkerSettings) -> dict[str, Any]:
         "result_backend_transport_options": {"retry_policy": {"timeout": BACKEND_RETRY_TIMEOUT_S}},
     })
     return config
+
+# A result carries presigned output URLs, whose query strings are signed tokens; Celery's success line
+# would print the whole result into the worker's log. The result itself stays in the result backend.
+trace.LOG_SUCCESS = "Task %(name)s[%(id)s] succeeded in %(runtime)ss"
 
 app = Celery("dance", include=["worker.task", "worker.telemetry.install"], set_as_current=False)
 app.config_from_object(LazyConfig(lambda: worker_config(WorkerSettings.from_env())))

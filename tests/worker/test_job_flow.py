@@ -89,7 +89,7 @@ def test_a_video_output_lands_in_s3_with_a_presigned_url_that_serves_it(
     # Given a worker whose storage is a real S3 server with auth
     sim = comfysim(exec_s=0.1)
     env = {k: v for k, v in s3_server.env.items() if k != "AWS_MAX_ATTEMPTS"}
-    cluster.start_worker("w", sim.url, DANCE_STORAGE_URL=f"s3://{s3_server.bucket}/results", **env)
+    worker = cluster.start_worker("w", sim.url, DANCE_STORAGE_URL=f"s3://{s3_server.bucket}/results", **env)
     # When a job runs
     with cluster.client() as client:
         result = client.submit(dance_request(media_server, tmp_path), job_id="job-s3-1").result(timeout_s=60)
@@ -103,6 +103,8 @@ def test_a_video_output_lands_in_s3_with_a_presigned_url_that_serves_it(
     assert requests.get(video["url"].split("?")[0], timeout=10).status_code == 403
     manifest = s3_server.client().get_object(Bucket=s3_server.bucket, Key="results/job-s3-1/manifest.json")
     assert json.loads(manifest["Body"].read())["job_id"] == "job-s3-1"
+    # and the signed URL, a credential for the object, never reaches the worker's log
+    assert "succeeded in" in worker.log() and "Signature=" not in worker.log()
 
 
 def test_local_files_given_to_the_producer_are_put_into_storage_first(
