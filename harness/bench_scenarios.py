@@ -25,7 +25,7 @@ from harness.processes import wait_until
 from harness.seaweed import start_seaweed
 from worker.comfy_http import ComfyHttp
 from worker.comfy_ws import EventSocket
-from worker.execution import PromptRun
+from worker.prompt_run import PromptRun
 from worker.settings import DEFAULT_WORKFLOW_PATH
 from worker.workflow import load_workflow
 

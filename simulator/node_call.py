@@ -15,7 +15,7 @@ from simulator.nodes.base import InterruptProcessingError
 from simulator.nodes.registry import spec_for
 from simulator.validation import full_type_name, is_link
 
-log = logging.getLogger("simulator.execution")
+log = logging.getLogger("simulator.prompt_executor")
 
 
 class InterruptFlag:

@@ -16,12 +16,12 @@ from aiohttp import web
 from PIL import Image
 
 from simulator.catalog import Catalog
-from simulator.execution import PromptExecutor
 from simulator.faults import Faults, FaultSpecError
 from simulator.files import FileRoutes
 from simulator.messages import Messenger
 from simulator.node_call import InterruptFlag
 from simulator.paths import Dirs
+from simulator.prompt_executor import PromptExecutor
 from simulator.prompt_queue import PromptQueue
 from simulator.settings import SimSettings
 from simulator.stats import system_stats

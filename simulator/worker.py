@@ -6,9 +6,9 @@ import logging
 import threading
 import time
 
-from simulator.execution import PromptExecutor
 from simulator.faults import Faults
 from simulator.messages import Messenger
+from simulator.prompt_executor import PromptExecutor
 from simulator.prompt_queue import PromptQueue, QueueItem
 
 log = logging.getLogger("simulator.worker")

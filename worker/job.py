@@ -24,11 +24,11 @@ from producer.schema import DanceRequest, parse_request
 from worker.cancels import CancelFlag
 from worker.cleanup import JOB_MARK, input_name, output_subfolder
 from worker.comfy_ws import EventSocket
-from worker.execution import PromptOutcome, PromptRun
 from worker.inputs import FetchedInput, fetch_input
 from worker.outputs import MANIFEST_NAME, store_outputs
 from worker.pipeline import EXECUTING, FINISHING, WAITING
 from worker.progress import ProgressReporter
+from worker.prompt_run import PromptOutcome, PromptRun
 from worker.runtime import Runtime
 from worker.settings import JOB_IO_ALLOWANCE_S
 

@@ -41,7 +41,7 @@ class ProgressReporter:
         self._publish({"node": None, "value": 0, "max": 0, "percent": 0.0}, force=True)
 
     def comfy(self, update: dict[str, Any]) -> None:
-        """A progress or executing update from ComfyUI (see worker.execution.Tracker)."""
+        """A progress or executing update from ComfyUI (see worker.prompt_run.Tracker)."""
         # Throttled like everything but stage changes: the dance graph has some thirty nodes, most of them
         # done in milliseconds, and a publish per node would cost more than the nodes themselves.
         self._publish({**update, "class_type": self.node_classes.get(str(update.get("node")))}, force=False)

@@ -39,7 +39,7 @@ def test_a_message_queued_while_the_gate_waits_stays_in_redis_and_a_ready_worker
         handle = client.submit(dance_request(media_server, tmp_path))
         # When B has probed and reported several times, and still answers ping
         waiting.wait_for_log("still missing: ComfyUI at")
-        assert pings(cluster, node_name("b"))
+        wait_until(lambda: pings(cluster, node_name("b")), 30, "the gated worker to answer ping")
         # Then the message is still in Redis, reserved by nobody
         assert queued_messages(cluster.broker_url) == 1
         assert unacked_messages(cluster.broker_url) == 0

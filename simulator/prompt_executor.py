@@ -29,7 +29,7 @@ from simulator.nodes.base import InterruptProcessingError, NodeContext
 from simulator.nodes.registry import spec_for
 from simulator.validation import is_link
 
-log = logging.getLogger("simulator.execution")
+log = logging.getLogger("simulator.prompt_executor")
 
 #: Message timestamps are epoch milliseconds.
 MS_PER_S = 1000

@@ -10,7 +10,7 @@ from typing import Any
 from tests.support.jobs import sample_media
 from worker.comfy_http import ComfyHttp
 from worker.comfy_ws import EventSocket
-from worker.execution import PromptOutcome, PromptRun
+from worker.prompt_run import PromptOutcome, PromptRun
 from worker.settings import DEFAULT_WORKFLOW_PATH
 from worker.workflow import load_workflow
 
