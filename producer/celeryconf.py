@@ -11,6 +11,8 @@ from typing import Any
 
 from celery import Celery
 
+from producer.redisurl import sentinel_options
+
 #: The task name producers send; the worker registers the task under it. Never import the task.
 TASK_NAME = "dance.generate"
 #: Priority a job gets when the caller gives none (0 runs first, 9 last). Redis treats a missing
@@ -22,7 +24,9 @@ PRIORITY_STEPS = list(range(10))
 PRIORITY_SEPARATOR = ":"
 
 
-def shared_config(broker_url: str, result_backend: str, result_expires_s: int) -> dict[str, Any]:
+def shared_config(
+    broker_url: str, result_backend: str, result_expires_s: int, sentinel_master: str | None = None
+) -> dict[str, Any]:
     return {
         "broker_url": broker_url,
         "result_backend": result_backend,
@@ -30,8 +34,10 @@ def shared_config(broker_url: str, result_backend: str, result_expires_s: int) -
             "priority_steps": PRIORITY_STEPS,
             "sep": PRIORITY_SEPARATOR,
             "queue_order_strategy": "priority",
+            **sentinel_options(broker_url, sentinel_master),
         },
-        "result_backend_transport_options": {"retry_policy": {"timeout": 5.0}},
+        "result_backend_transport_options": {"retry_policy": {"timeout": 5.0},
+                                             **sentinel_options(result_backend, sentinel_master)},
         # JSON only: no pickle anywhere, in either direction.
         "task_serializer": "json",
         "result_serializer": "json",

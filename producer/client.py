@@ -29,6 +29,7 @@ from producer.errors import (
 )
 from producer.localmedia import stage_local_media
 from producer.redact import redact_url
+from producer.redisurl import redis_client
 from producer.schema import check_job_id, check_priority, check_queue, check_timeout_s, parse_request
 from producer.settings import ProducerSettings
 from producer.webhooks import check_callback_url
@@ -52,9 +53,11 @@ class DanceClient:
 
     def __init__(self, settings: ProducerSettings) -> None:
         self.settings = settings
-        self.app = make_app("dance-producer", shared_config(settings.broker_url, settings.result_backend, 0))
+        self.app = make_app("dance-producer", shared_config(settings.broker_url, settings.result_backend, 0,
+                                                            settings.sentinel_master))
         timeout = settings.broker_connect_timeout_s
-        self.redis = redis.Redis.from_url(settings.broker_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        self.redis = redis_client(settings.broker_url, settings.sentinel_master, socket_timeout=timeout,
+                                  socket_connect_timeout=timeout)
 
     @classmethod
     def from_env(cls) -> DanceClient:

@@ -32,6 +32,8 @@ class ProducerSettings:
     default_queue: str = DEFAULT_QUEUE
     wait_timeout_s: float = DEFAULT_WAIT_TIMEOUT_S
     broker_connect_timeout_s: float = DEFAULT_BROKER_CONNECT_TIMEOUT_S
+    #: Name of the master that Redis Sentinel monitors, for sentinel:// broker URLs.
+    sentinel_master: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ProducerSettings:
@@ -46,6 +48,7 @@ class ProducerSettings:
             broker_connect_timeout_s=env_float(
                 env, "DANCE_BROKER_CONNECT_TIMEOUT_S", DEFAULT_BROKER_CONNECT_TIMEOUT_S
             ),
+            sentinel_master=env.get("DANCE_SENTINEL_MASTER") or None,
         )
 
 

@@ -16,6 +16,8 @@ from producer.errors import DanceError
 
 #: Celery node name of a worker started by ``dance worker``; %h is the host name.
 DEFAULT_WORKER_NAME = "dance@%h"
+#: Timeout of the health check's Redis calls, in seconds.
+CHECK_TIMEOUT_S = 3.0
 EXIT_HEALTHY = 0  #: the worker is ready and consuming
 EXIT_UNHEALTHY = 1  #: the worker is absent, waiting for ComfyUI, or not consuming
 
@@ -53,13 +55,15 @@ def check(name: str, as_json: bool) -> None:
     from celery.utils.nodenames import default_nodename, host_format
 
     from producer import keys
+    from producer.redisurl import redis_client
     from producer.settings import ProducerSettings
 
     node = host_format(default_nodename(name))
     settings = ProducerSettings.from_env()
     try:
-        raw = redis.Redis.from_url(settings.broker_url, socket_timeout=3, socket_connect_timeout=3).get(
-            keys.worker_liveness(node))
+        client = redis_client(settings.broker_url, settings.sentinel_master, socket_timeout=CHECK_TIMEOUT_S,
+                              socket_connect_timeout=CHECK_TIMEOUT_S)
+        raw = client.get(keys.worker_liveness(node))
     except redis.RedisError as exc:
         _report(node, False, f"broker unreachable: {exc}", None, as_json)
         return

@@ -29,7 +29,8 @@ POOL = "worker.pool:TaskPool"
 
 
 def worker_config(settings: WorkerSettings) -> dict[str, Any]:
-    config = shared_config(settings.broker_url, settings.result_backend, settings.result_expires_s)
+    config = shared_config(settings.broker_url, settings.result_backend, settings.result_expires_s,
+                           settings.sentinel_master)
     config["broker_transport_options"] = {
         **config["broker_transport_options"],
         # celery#5935: a job still running at the visibility timeout is redelivered to another worker.
@@ -61,7 +62,8 @@ def worker_config(settings: WorkerSettings) -> dict[str, Any]:
         # the manifest: no job lost, no GPU run wasted.
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         # Progress and results must outlive a broker restart (AOF reload) rather than fail the job.
-        "result_backend_transport_options": {"retry_policy": {"timeout": BACKEND_RETRY_TIMEOUT_S}},
+        "result_backend_transport_options": {**config["result_backend_transport_options"],
+                                             "retry_policy": {"timeout": BACKEND_RETRY_TIMEOUT_S}},
     })
     return config
 

@@ -14,6 +14,7 @@ from celery import bootsteps, signals
 from redis.backoff import AbstractBackoff
 from redis.retry import Retry
 
+from producer.redisurl import redis_client
 from worker.backoff import Backoff
 from worker.cancels import CancelRegistry
 from worker.cleanup import InFlight, Janitor
@@ -77,8 +78,9 @@ class Runtime:
     def build(cls, settings: WorkerSettings) -> Runtime:
         work_dir = settings.work_dir or Path(tempfile.mkdtemp(prefix="dance-worker-"))
         work_dir.mkdir(parents=True, exist_ok=True)
-        client = redis.Redis.from_url(
-            settings.broker_url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S,
+        client = redis_client(
+            settings.broker_url, settings.sentinel_master,
+            socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S,
             # A broker restart (AOF reload) must not fail the jobs running meanwhile.
             retry=Retry(RedisBackoff(REDIS_RETRY_BACKOFF), REDIS_RETRIES),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],

@@ -98,6 +98,8 @@ class WorkerSettings:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     drain_s: float = DEFAULT_DRAIN_S
     pipeline_depth: int = DEFAULT_PIPELINE_DEPTH
+    #: Name of the master that Redis Sentinel monitors, for sentinel:// broker URLs.
+    sentinel_master: str | None = None
     #: ComfyUI's input and output folders when the worker shares them (a volume); lets the worker
     #: delete the files of finished jobs, which ComfyUI's API cannot do.
     comfyui_input_dir: Path | None = None
@@ -153,6 +155,7 @@ class WorkerSettings:
             visibility_timeout_s=env_float(env, "DANCE_VISIBILITY_TIMEOUT_S", DEFAULT_VISIBILITY_TIMEOUT_S),
             drain_s=env_float(env, "DANCE_DRAIN_S", DEFAULT_DRAIN_S),
             pipeline_depth=env_int(env, "DANCE_PIPELINE_DEPTH", DEFAULT_PIPELINE_DEPTH),
+            sentinel_master=env.get("DANCE_SENTINEL_MASTER") or None,
             result_expires_s=env_int(env, "DANCE_RESULT_EXPIRES_S", DEFAULT_RESULT_EXPIRES_S),
             comfyui_http_timeout_s=env_float(env, "COMFYUI_HTTP_TIMEOUT_S", DEFAULT_COMFYUI_HTTP_TIMEOUT_S),
             presign_expires_s=env_int(env, "DANCE_PRESIGN_EXPIRES_S", DEFAULT_PRESIGN_EXPIRES_S),

@@ -17,6 +17,7 @@ from kombu.entity import Queue
 from producer.celeryconf import LazyConfig, shared_config
 from producer.client import DanceClient
 from producer.ledger import HOOKS_QUEUE
+from producer.redisurl import redis_client
 from producer.settings import ProducerSettings
 from worker.backoff import Backoff
 from worker.hooks.settings import HooksSettings
@@ -27,7 +28,8 @@ REDIS_TIMEOUT_S = 5.0
 
 
 def hooks_config(settings: HooksSettings) -> dict[str, Any]:
-    config = shared_config(settings.broker_url, settings.result_backend, settings.result_expires_s)
+    config = shared_config(settings.broker_url, settings.result_backend, settings.result_expires_s,
+                           settings.sentinel_master)
     config.update({
         "dance_hooks_settings": settings,
         "task_queues": [Queue(HOOKS_QUEUE, routing_key=HOOKS_QUEUE)],  # type: ignore[no-untyped-call]
@@ -65,11 +67,12 @@ class HooksRuntimeStep(bootsteps.Step):
     def __init__(self, w: Any, **kwargs: Any) -> None:
         super().__init__(w, **kwargs)
         settings: HooksSettings = w.app.conf["dance_hooks_settings"]
-        client = DanceClient(ProducerSettings(broker_url=settings.broker_url, result_backend=settings.result_backend))
+        client = DanceClient(ProducerSettings(broker_url=settings.broker_url, result_backend=settings.result_backend,
+                                              sentinel_master=settings.sentinel_master))
         w.app.dance_hooks_runtime = HooksRuntime(
             settings=settings, client=client,
-            redis=redis.Redis.from_url(settings.broker_url, socket_timeout=REDIS_TIMEOUT_S,
-                                       socket_connect_timeout=REDIS_TIMEOUT_S),
+            redis=redis_client(settings.broker_url, settings.sentinel_master, socket_timeout=REDIS_TIMEOUT_S,
+                               socket_connect_timeout=REDIS_TIMEOUT_S),
             allow=AllowList.parse(settings.allow_hosts),
             backoff=Backoff(base_s=settings.retry_base_s, cap_s=settings.retry_cap_s),
         )

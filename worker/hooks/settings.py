@@ -38,6 +38,8 @@ class HooksSettings:
     retry_cap_s: float = DEFAULT_RETRY_CAP_S
     concurrency: int = DEFAULT_CONCURRENCY
     result_expires_s: int = DEFAULT_RESULT_EXPIRES_S
+    #: Name of the master that Redis Sentinel monitors, for sentinel:// broker URLs.
+    sentinel_master: str | None = None
 
     def __post_init__(self) -> None:
         if self.secret is not None:
@@ -62,4 +64,5 @@ class HooksSettings:
             retry_cap_s=env_float(env, "DANCE_WEBHOOK_RETRY_CAP_S", DEFAULT_RETRY_CAP_S),
             concurrency=env_int(env, "DANCE_WEBHOOK_CONCURRENCY", DEFAULT_CONCURRENCY),
             result_expires_s=env_int(env, "DANCE_RESULT_EXPIRES_S", DEFAULT_RESULT_EXPIRES_S),
+            sentinel_master=env.get("DANCE_SENTINEL_MASTER") or None,
         )

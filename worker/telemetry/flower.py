@@ -30,6 +30,7 @@ from redis.retry import Retry
 from producer import keys
 from producer.clusterview import discover_queues, queue_depths, read_records
 from producer.ledger import HOOKS_QUEUE
+from producer.redisurl import redis_client
 from producer.settings import DEFAULT_QUEUE
 
 log = logging.getLogger(__name__)
@@ -111,14 +112,14 @@ class DanceCollector(Collector):
         yield queued
 
 
-def collector_client(broker_url: str) -> redis.Redis:
+def collector_client(broker_url: str, sentinel_master: str | None = None) -> redis.Redis:
     """A Redis client that fails fast: a scrape answers without the dance series rather than late."""
-    return redis.Redis.from_url(broker_url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S,
-                                retry=Retry(NoBackoff(), 0))
+    return redis_client(broker_url, sentinel_master, socket_timeout=REDIS_TIMEOUT_S,
+                        socket_connect_timeout=REDIS_TIMEOUT_S, retry=Retry(NoBackoff(), 0))
 
 
-def register(broker_url: str) -> DanceCollector:
+def register(broker_url: str, sentinel_master: str | None = None) -> DanceCollector:
     """Add the collector to the default registry that Flower's /metrics serves."""
-    collector = DanceCollector(collector_client(broker_url))
+    collector = DanceCollector(collector_client(broker_url, sentinel_master))
     REGISTRY.register(collector)
     return collector

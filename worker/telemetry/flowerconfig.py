@@ -11,4 +11,4 @@ import os
 from producer.settings import DEFAULT_BROKER_URL
 from worker.telemetry.flower import register
 
-register(os.environ.get("CELERY_BROKER_URL", DEFAULT_BROKER_URL))
+register(os.environ.get("CELERY_BROKER_URL", DEFAULT_BROKER_URL), os.environ.get("DANCE_SENTINEL_MASTER") or None)
