@@ -175,7 +175,11 @@ COMFY_NODE_ERRORS = _code(
     "comfyui.node_errors", ComfyRejected, "POST /prompt answered 200 but rejected part of the graph"
 )
 COMFY_EXECUTION_ERROR = _code("comfyui.execution_error", ComfyRejected, "a node raised while the prompt ran")
-COMFY_INTERRUPTED = _code("comfyui.interrupted", ComfyRejected, "someone else interrupted our prompt")
+COMFY_INTERRUPTED = _code(
+    # Retryable: our own prompt was stopped by someone else (an operator, or a cancel of the job before
+    # ours whose prompt ended just as the interrupt was sent); running it again is the right outcome.
+    "comfyui.interrupted", RetryableError, "something other than this job interrupted its prompt"
+)
 COMFY_NO_OUTPUTS = _code("comfyui.no_outputs", ComfyRejected, "the prompt finished without any saved output")
 COMFY_NO_GPU = _code("comfyui.no_gpu", ConfigInvalid, "COMFYUI_REQUIRE_GPU is on but ComfyUI lists no CUDA device")
 COMFY_UNREACHABLE = _code("comfyui.unreachable", ComfyUnavailable, "ComfyUI refused the connection or vanished")

@@ -21,8 +21,10 @@ from worker.refresher import LeaseRefresher
 from worker.runtime import RuntimeStep
 from worker.settings import WorkerSettings
 
-#: How long a worker retries writing a result or progress while the backend is away, in seconds.
+#: How long a worker retries writing a result or progress while the backend is away, in seconds, and how
+#: many times Celery retries a failed write (backing off from 0.1 s to 4 s: about 30 s in all).
 BACKEND_RETRY_TIMEOUT_S = 30.0
+BACKEND_MAX_RETRIES = 12
 #: The thread pool that can cancel its job (worker/pool.py), chosen by config so a plain
 #: ``celery -A worker.app worker`` uses it too (the CLI's -P accepts no module paths).
 POOL = "worker.pool:TaskPool"
@@ -61,9 +63,14 @@ def worker_config(settings: WorkerSettings) -> dict[str, Any]:
         # local run goes on and the copy waits on the execution lease (worker/leases.py), then returns
         # the manifest: no job lost, no GPU run wasted.
         "worker_cancel_long_running_tasks_on_connection_loss": False,
-        # Progress and results must outlive a broker restart (AOF reload) rather than fail the job.
+        # Progress and results must outlive a broker restart (AOF reload) rather than fail the job: the
+        # STARTED write at the very start of a job fails it "outside the body" unless Celery retries it.
         "result_backend_transport_options": {**config["result_backend_transport_options"],
                                              "retry_policy": {"timeout": BACKEND_RETRY_TIMEOUT_S}},
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": BACKEND_MAX_RETRIES,
+        "result_backend_base_sleep_between_retries_ms": 100,
+        "result_backend_max_sleep_between_retries_ms": 4000,
     })
     return config
 

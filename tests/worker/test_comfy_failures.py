@@ -144,3 +144,26 @@ def test_cancelling_a_queued_job_means_it_never_runs(
         assert later.result(timeout_s=60)["status"] == "succeeded"
     assert sim.state()["prompts_received"] == 1
     assert handle.status() == "REVOKED"
+
+
+def test_a_prompt_interrupted_by_someone_else_is_run_again(
+    cluster: Cluster, comfysim: Any, media_server: Any, tmp_path: Path
+) -> None:
+    import redis
+    import requests
+
+    from producer import keys
+
+    # Given a job whose prompt runs (held mid-sampler)
+    sim = comfysim(exec_s=0.2)
+    sim.faults({"hold": True})
+    cluster.start_worker("w", sim.url)
+    with cluster.client() as client:
+        handle = client.submit(dance_request(media_server, tmp_path), job_id="interrupted-elsewhere")
+        wait_until(lambda: sim.state()["held"], 30, "the prompt to run")
+        # When an operator interrupts it in ComfyUI directly
+        sim.faults({"hold": False})
+        requests.post(f"{sim.url}/interrupt", timeout=5)
+        # Then the job is not failed: it goes back to the queue and runs again to success
+        assert handle.result(timeout_s=60)["status"] == "succeeded"
+    assert int(redis.Redis.from_url(cluster.broker_url).get(keys.attempts("interrupted-elsewhere")) or 0) == 2
