@@ -143,14 +143,18 @@ class BenchCluster:
                                              headers={"Content-Type": "application/json"})
             urllib.request.urlopen(request, timeout=10).close()
 
-    def runs(self) -> list[list[tuple[float, float]]]:
-        """Per simulated GPU, the (start, end) of every prompt it ran, in epoch seconds."""
+    def prompt_runs(self) -> list[list[tuple[str, float, float]]]:
+        """Per simulated GPU, (prompt_id, start, end) of every prompt it ran, start and end in epoch seconds."""
         out = []
         for sim in self.sims:
             with urllib.request.urlopen(f"{sim}/__sim__/state", timeout=10) as response:
                 state = json.loads(response.read())
-            out.append(sorted((float(start), float(end)) for _, start, end in state["runs"]))
+            out.append([(str(prompt_id), float(start), float(end)) for prompt_id, start, end in state["runs"]])
         return out
+
+    def runs(self) -> list[list[tuple[float, float]]]:
+        """Per simulated GPU, the (start, end) of every prompt it ran, in order."""
+        return [sorted((start, end) for _, start, end in per_gpu) for per_gpu in self.prompt_runs()]
 
     def stop(self) -> None:
         for process in reversed(self.processes):

@@ -198,14 +198,7 @@ def conservation(root: Path, rounds: int) -> Figures:
 
 
 def _starts_by_prompt(cluster: BenchCluster) -> dict[str, float]:
-    import json
-
-    starts = {}
-    for sim in cluster.sims:
-        with urllib.request.urlopen(f"{sim}/__sim__/state", timeout=10) as response:
-            for prompt_id, start, _ in json.loads(response.read())["runs"]:
-                starts[prompt_id] = float(start)
-    return starts
+    return {prompt_id: start for per_gpu in cluster.prompt_runs() for prompt_id, start, _ in per_gpu}
 
 
 def scaling(root: Path, gpus: int, jobs_per_gpu: int, exec_s: float) -> Figures:

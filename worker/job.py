@@ -180,7 +180,7 @@ def _execute(runtime: Runtime, ctx: JobContext, graph: dict[str, Any]) -> Prompt
         ctx.prompt_id = submitted.prompt_id
         runtime.prompts_in_flight.add(submitted.prompt_id)
         ctx.phase(WAITING)
-        _count(runtime, keys.executions(ctx.job_id))
+        count(runtime, keys.executions(ctx.job_id))
         log.info("job %s: ComfyUI prompt %s queued", ctx.job_id, submitted.prompt_id)
         deadline = time.monotonic() + ctx.deadline_s
         run = PromptRun(runtime.http, sock, submitted.prompt_id, deadline, ctx.cancel.event, ctx.progress.comfy,
@@ -221,14 +221,15 @@ def _record(
     manifest = runtime.storage.put_bytes(
         f"{ctx.job_id}/{MANIFEST_NAME}", json.dumps(result, indent=2).encode(), "application/json"
     )
-    _count(runtime, keys.manifest_writes(ctx.job_id))
+    count(runtime, keys.manifest_writes(ctx.job_id))
     result["manifest"] = {"uri": manifest.uri, "url": manifest.url}
     return result
 
 
-def _count(runtime: Runtime, key: str) -> None:
-    """Audit counters (GPU runs, manifest writes) that the chaos run reads to find duplicates."""
+def count(runtime: Runtime, key: str) -> int:
+    """INCR a per-job counter (attempts, GPU runs, manifest writes) and keep it as long as the job's
+    other keys; returns the new count. The chaos run reads them to find duplicates."""
     pipe = runtime.redis.pipeline()
     pipe.incr(key)
     pipe.expire(key, keys.JOB_KEY_TTL_S)
-    pipe.execute()
+    return int(pipe.execute()[0])

@@ -28,7 +28,6 @@ class ProgressReporter:
         self.task = task
         self.job_id = job_id
         self.stage = "starting"
-        self.last: dict[str, Any] = {}
         #: node id → class_type of the prompt being run, so progress names the node's kind.
         self.node_classes: dict[str, str] = {}
         self._last_sent = 0.0
@@ -37,7 +36,6 @@ class ProgressReporter:
 
     def stage_changed(self, stage: str) -> None:
         self.stage = stage
-        self.last = {}
         self._publish({"node": None, "value": 0, "max": 0, "percent": 0.0}, force=True)
 
     def comfy(self, update: dict[str, Any]) -> None:
@@ -58,7 +56,6 @@ class ProgressReporter:
             return
         self._pending = None
         self._last_sent = now
-        self.last = update
         meta = {"job_id": self.job_id, "stage": self.stage, **update}
         try:
             self.task.update_state(state=PROGRESS_STATE, meta=meta)

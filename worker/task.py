@@ -31,7 +31,7 @@ from producer.errors import (
 )
 from worker.app import app
 from worker.cancels import REVOKED, SHUTDOWN, CancelFlag
-from worker.job import JobContext, run_job
+from worker.job import JobContext, count, run_job
 from worker.progress import ProgressReporter
 from worker.runtime import Runtime
 
@@ -72,11 +72,7 @@ def generate(
 
 
 def _count_attempt(runtime: Runtime, job_id: str) -> int:
-    key = keys.attempts(job_id)
-    pipe = runtime.redis.pipeline()
-    pipe.incr(key)
-    pipe.expire(key, keys.JOB_KEY_TTL_S)
-    attempt = int(pipe.execute()[0])
+    attempt = count(runtime, keys.attempts(job_id))
     if attempt > 1:
         log.info("job %s: attempt %d", job_id, attempt)
     return attempt

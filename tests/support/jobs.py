@@ -43,6 +43,11 @@ def queued_messages(broker_url: str, queue: str = "dance") -> int:
     return sum(int(client.llen(name)) for name in names)
 
 
+def job_counter(broker_url: str, key: str) -> int:
+    """A per-job counter the worker keeps (attempts, GPU runs, manifest writes; producer/keys.py)."""
+    return int(redis.Redis.from_url(broker_url).get(key) or 0)
+
+
 def unacked_messages(broker_url: str) -> int:
     """Messages some worker reserved and has not acknowledged (kombu's ``unacked`` hash)."""
     return int(redis.Redis.from_url(broker_url).hlen("unacked"))

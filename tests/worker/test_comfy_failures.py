@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
-from producer import errors
+from producer import errors, keys
 from tests.fixtures.workers import Cluster
-from tests.support.jobs import dance_request
+from tests.support.jobs import dance_request, job_counter
 from tests.support.processes import wait_until
 from worker.settings import DEFAULT_WORKFLOW_PATH
 
@@ -149,11 +150,6 @@ def test_cancelling_a_queued_job_means_it_never_runs(
 def test_a_prompt_interrupted_by_someone_else_is_run_again(
     cluster: Cluster, comfysim: Any, media_server: Any, tmp_path: Path
 ) -> None:
-    import redis
-    import requests
-
-    from producer import keys
-
     # Given a job whose prompt runs (held mid-sampler)
     sim = comfysim(exec_s=0.2)
     sim.faults({"hold": True})
@@ -166,4 +162,4 @@ def test_a_prompt_interrupted_by_someone_else_is_run_again(
         requests.post(f"{sim.url}/interrupt", timeout=5)
         # Then the job is not failed: it goes back to the queue and runs again to success
         assert handle.result(timeout_s=60)["status"] == "succeeded"
-    assert int(redis.Redis.from_url(cluster.broker_url).get(keys.attempts("interrupted-elsewhere")) or 0) == 2
+    assert job_counter(cluster.broker_url, keys.attempts("interrupted-elsewhere")) == 2

@@ -9,17 +9,15 @@ from typing import Any
 
 import redis
 
+from harness.local import redis_service
 from producer import keys
+from tests.fixtures.redis_server import answers_ping
 from tests.fixtures.workers import Cluster
-from tests.support.jobs import dance_request, queued_messages, unacked_messages
-from tests.support.processes import wait_until
+from tests.support.jobs import dance_request, job_counter, queued_messages, unacked_messages
+from tests.support.processes import free_port, wait_until
 
 #: A short visibility timeout, so that redelivery after a death happens within the test's patience.
 FAST_REDELIVERY = {"DANCE_VISIBILITY_TIMEOUT_S": "6"}
-
-
-def counter(cluster: Cluster, key: str) -> int:
-    return int(redis.Redis.from_url(cluster.broker_url).get(key) or 0)
 
 
 def test_comfyui_killed_mid_job_requeues_the_job_which_completes_once_comfyui_is_back(
@@ -36,7 +34,7 @@ def test_comfyui_killed_mid_job_requeues_the_job_which_completes_once_comfyui_is
         sim.process.kill()
         # Then the job goes back to the queue, not failed, its attempt counted
         wait_until(lambda: handle.status() == "REQUEUED", 20, "the job to be requeued")
-        assert handle.progress() is None and counter(cluster, keys.attempts("comfy-dies")) == 1
+        assert handle.progress() is None and job_counter(cluster.broker_url, keys.attempts("comfy-dies")) == 1
         worker.wait_for_log("handing the job back to the queue")
         wait_until(lambda: queued_messages(cluster.broker_url) == 1, 10, "the message back in its queue")
         # and the worker takes nothing while ComfyUI is down: after it reported waiting, the job is still queued
@@ -47,7 +45,7 @@ def test_comfyui_killed_mid_job_requeues_the_job_which_completes_once_comfyui_is
         # Then the job completes, on its second attempt
         result = handle.result(timeout_s=60)
     assert result["status"] == "succeeded"
-    assert counter(cluster, keys.attempts("comfy-dies")) == 2
+    assert job_counter(cluster.broker_url, keys.attempts("comfy-dies")) == 2
     assert worker.poll() is None
 
 
@@ -68,8 +66,8 @@ def test_a_job_of_a_worker_killed_mid_job_is_redelivered_and_completed_by_anothe
         # Then B gets the job once the visibility timeout passes and completes it
         result = handle.result(timeout_s=90)
     assert result["worker"]["hostname"].startswith("b@")
-    assert counter(cluster, keys.manifest_writes("worker-dies")) == 1
-    assert counter(cluster, keys.executions("worker-dies")) == 2  # one wasted GPU run, on A
+    assert job_counter(cluster.broker_url, keys.manifest_writes("worker-dies")) == 1
+    assert job_counter(cluster.broker_url, keys.executions("worker-dies")) == 2  # one wasted GPU run, on A
 
 
 def test_a_job_longer_than_the_visibility_timeout_runs_once(
@@ -92,7 +90,7 @@ def test_a_job_longer_than_the_visibility_timeout_runs_once(
         result = handle.result(timeout_s=60)
     # Then it ran once, on A; B never received it
     assert result["worker"]["hostname"].startswith("a@")
-    assert counter(cluster, keys.executions("long-job")) == 1
+    assert job_counter(cluster.broker_url, keys.executions("long-job")) == 1
     assert sim_b.state()["prompts_received"] == 0 and "long-job" not in worker_b.log()
 
 
@@ -224,32 +222,21 @@ def test_workers_reconnect_and_keep_consuming_after_a_redis_restart(
 
 
 class RestartableRedis:
-    """A redis-server of one test, with AOF, that can be restarted on the same port and data."""
+    """A redis-server of one test, with AOF, that restarts on the same port and data (a SIGTERM makes
+    Redis write its AOF before it exits, as `docker restart` does)."""
 
     def __init__(self, folder: Path) -> None:
-        import shutil
-
-        from tests.support.processes import free_port
-
-        folder.mkdir(parents=True)
-        self.folder, self.port = folder, free_port()
-        self.binary = shutil.which("redis-server") or "redis-server"
-        self.process: Any = None
+        self.port = free_port()
+        self.process = redis_service("redis-aof", self.port, folder, folder, aof=True)
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RestartableRedis:
-        from tests.support.processes import ManagedProcess
-
-        self.process = ManagedProcess(
-            "redis-aof", [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--appendonly", "yes",
-                          "--appendfsync", "always", "--save", "", "--dir", str(self.folder)],
-            self.folder / "redis.log",
-        ).start()
+        self.process.start()
         client = redis.Redis.from_url(self.url)
-        wait_until(lambda: _answers(client), 15, "redis to answer")
+        wait_until(lambda: answers_ping(client), 15, "redis to answer")
         return self
 
     def restart(self) -> None:
@@ -257,12 +244,4 @@ class RestartableRedis:
         self.start()
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop()
-
-
-def _answers(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.ConnectionError:
-        return False
+        self.process.stop()

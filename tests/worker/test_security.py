@@ -11,6 +11,7 @@ import redis
 from kombu import Connection
 
 from producer import errors
+from tests.fixtures.redis_server import answers_ping
 from tests.fixtures.workers import Cluster
 from tests.support.jobs import dance_request, queued_messages, unacked_messages
 from tests.support.processes import ManagedProcess, free_port, wait_until
@@ -26,16 +27,9 @@ def password_redis(tmp_path: Path) -> Any:
                        "--requirepass", SECRET, "--save", "", "--dir", str(tmp_path)], tmp_path / "redis.log",
     ).start()
     client = redis.Redis(port=port, password=SECRET)
-    wait_until(lambda: _pings(client), 15, "redis with a password")
+    wait_until(lambda: answers_ping(client), 15, "redis with a password")
     yield f"redis://:{SECRET}@127.0.0.1:{port}/0"
     process.stop()
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.ConnectionError:
-        return False
 
 
 def test_a_password_protected_broker_works_and_the_password_is_never_logged_or_returned(
@@ -104,7 +98,7 @@ def tls_redis(tmp_path: Path) -> Any:
     ).start()
     url = f"rediss://127.0.0.1:{port}/0?ssl_cert_reqs=required&ssl_ca_certs={tmp_path / 'ca.pem'}"
     client = redis.Redis.from_url(url)
-    wait_until(lambda: _pings(client), 15, "redis over TLS")
+    wait_until(lambda: answers_ping(client), 15, "redis over TLS")
     yield url
     process.stop()
 
