@@ -4,7 +4,8 @@ Faults are armed with POST /__sim__/faults and are one-shot unless ``"sticky": t
 
 - ``{"hold": true, "hold_class": "WanVideoSamplerv2"}``: that node blocks until POST /__sim__/release,
   right after its first ``progress`` frame (for a class that never reports progress: right after its
-  ``executing`` frame). ``"hold_node": "11"`` holds the node with that id instead. A release that comes
+  ``executing`` frame). ``"hold_at_progress": "2/4"`` holds after the progress frame with value 2 and max 4
+  instead of the first one. ``"hold_node": "11"`` holds the node with that id instead. A release that comes
   first lets the next hold pass at once. Sticky holds stop every run of the class once. POST /interrupt
   also ends a hold (without using up a release): the interrupt then lands at the next progress tick or
   node start, as after a long step.
@@ -45,6 +46,7 @@ FAULT_KEYS = frozenset(
         "hold",
         "hold_class",
         "hold_node",
+        "hold_at_progress",
         "fail_class",
         "exception_type",
         "exception_message",
@@ -114,6 +116,7 @@ class Faults:
                 self._armed["hold"] = {
                     "class": None if "hold_node" in spec else spec.get("hold_class", DEFAULT_HOLD_CLASS),
                     "node": spec.get("hold_node"),
+                    "progress": spec.get("hold_at_progress"),
                     "sticky": sticky,
                 }
             if "fail_class" in spec:
@@ -155,10 +158,13 @@ class Faults:
             self._take("fail")
         return make_exception(str(fault["type"]), str(fault["message"]))
 
-    def wants_hold(self, class_type: str, node_id: str) -> bool:
+    def wants_hold(self, class_type: str, node_id: str, progress: str | None = None) -> bool:
+        """Whether to hold now; ``progress`` is the "value/max" just sent (None: the node is starting)."""
         with self._lock:
             fault = self._armed.get("hold")
             if fault is None or (fault["class"], fault["node"]) not in ((class_type, None), (None, node_id)):
+                return False
+            if fault["progress"] is not None and progress != fault["progress"]:
                 return False
             self._take("hold")
             return True

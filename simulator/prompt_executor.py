@@ -242,7 +242,7 @@ class PromptExecutor:
                 "node": self.messenger.last_node_id,
             }
             self.emit("progress", data, self.messenger.client_id, class_type=class_type)
-            if not held and self.faults.wants_hold(class_type, node_id):
+            if not held and self.faults.wants_hold(class_type, node_id, f"{data['value']:g}/{total}"):
                 held = True
                 self.faults.hold(self.interrupt.is_set)
 

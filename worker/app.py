@@ -77,6 +77,9 @@ def worker_config(settings: WorkerSettings) -> dict[str, Any]:
 # A result carries presigned output URLs, whose query strings are signed tokens; Celery's success line
 # would print the whole result into the worker's log. The result itself stays in the result backend.
 trace.LOG_SUCCESS = "Task %(name)s[%(id)s] succeeded in %(runtime)ss"
+# A handback (Reject with requeue) is expected, and worker/task.py logs its code and reason at WARNING.
+# Celery would add the whole exception chain: a hundred lines per job each time a ComfyUI restarts.
+trace.log_policy_reject = trace.log_policy_reject._replace(traceback=0)
 
 app = Celery("dance", include=["worker.task", "worker.telemetry.install"], set_as_current=False)
 app.config_from_object(LazyConfig(lambda: worker_config(WorkerSettings.from_env())))

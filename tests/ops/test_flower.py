@@ -19,19 +19,16 @@ from tests.support.processes import wait_until
 
 #: The signed-URL token the producer must keep out of Flower.
 SECRET_TOKEN = "X-Amz-Signature=do-not-show-me"
-#: Simulated sampler time, in seconds: 4 steps, one a second, so a page can be rendered mid-run.
-SAMPLER_S = 4.0
-#: What the task's result field says during a sampler step.
-SAMPLER_PROGRESS = re.compile(r"executing node 348 \(WanVideoSamplerv2\): [1-4]/4 \((25|50|75|100)\.0%\)")
+#: What the task's result field says at the sampler's held step.
+SAMPLER_PROGRESS = re.compile(r"executing node 348 \(WanVideoSamplerv2\): 2/4 \(50\.0%\)")
 
 
 def test_flower_shows_a_running_jobs_progress_then_its_result_without_secrets(
     cluster: Cluster, comfysim: Any, media_server: Any, tmp_path: Path
 ) -> None:
-    # Given a worker whose sampler takes 4 s for 4 steps, Flower, and media behind signed URLs.
-    # (No hold here: the simulator holds right after the sampler's first, weight-loading, tick, which the
-    # worker's progress throttle drops, so a held job shows its node but no percent.)
-    sim = comfysim(exec_s=SAMPLER_S)
+    # Given a worker whose sampler is held right after step 2 of 4, Flower, and media behind signed URLs
+    sim = comfysim(exec_s=0.4)
+    sim.faults({"hold": True, "hold_at_progress": "2/4"})
     start_gpu_worker(cluster, "w", sim.url)
     flower = start_flower(cluster, sim.url)
     request = dance_request(media_server, tmp_path, steps=4)
@@ -43,12 +40,13 @@ def test_flower_shows_a_running_jobs_progress_then_its_result_without_secrets(
             info = flower.task("flower-1")
             return info.get("state") == "PROGRESS" and bool(SAMPLER_PROGRESS.search(str(info.get("result"))))
 
-        wait_until(percent_in_flower, 30, "Flower to receive a sampler step")
-        # When an operator opens the task page while the sampler runs (steps are a second apart)
+        wait_until(percent_in_flower, 30, "Flower to receive the sampler's step 2")
+        # When an operator opens the task page while the sampler is held (so the page cannot race the job's end)
         page = html.unescape(render(flower.url("/task/flower-1", True), ARTIFACTS / "flower-task-progress.png"))
         # Then it shows the PROGRESS state, the node and the percent, and the arguments without the token
         assert "PROGRESS" in page and SAMPLER_PROGRESS.search(page), page[-3000:]
         assert "reference_image" in page and "do-not-show-me" not in page
+        sim.release()
         # and once the job ends, the page shows its result
         handle.result(timeout_s=30)
         wait_until(lambda: flower.task("flower-1").get("state") == "SUCCESS", 30,

@@ -50,6 +50,24 @@ def test_hold_stops_the_sampler_mid_run_until_released(comfysim: Any, tmp_path: 
     assert sim.state()["executed"] == [prompt_id]
 
 
+def test_a_hold_at_a_progress_value_stops_the_sampler_right_after_that_step(comfysim: Any, tmp_path: Path) -> None:
+    # Given the sampler held at step 2 of 3
+    sim = comfysim(exec_s=0.1)
+    sim.faults({"hold": True, "hold_at_progress": "2/3"})
+    socket = WsRecorder(sim.ws_url, CLIENT)
+    prompt_id = submit(sim, tmp_path)
+    # When the run reaches that step, it stays there
+    wait_until(lambda: sim.state()["held"], WAIT_S, "the sampler to be held")
+    # Then the sampler's last progress frame is step 2 of 3 (after the weight-loading ticks and step 1)
+    sampler = [f.json["data"] for f in socket.frames if f.type == "progress" and f.json["data"]["node"] == SAMPLER]
+    assert (sampler[-1]["value"], sampler[-1]["max"]) == (2, 3)
+    assert [(d["value"], d["max"]) for d in sampler[-2:]] == [(1, 3), (2, 3)]
+    # and a release lets it finish normally
+    sim.release()
+    socket.wait_done(prompt_id)
+    assert history_of(sim, prompt_id)["status"]["status_str"] == "success"
+
+
 def history_of_or_none(sim: ComfySim, prompt_id: str) -> dict[str, Any] | None:
     body: dict[str, Any] = requests.get(f"{sim.url}/history/{prompt_id}", timeout=HTTP_TIMEOUT_S).json()
     return body.get(prompt_id)

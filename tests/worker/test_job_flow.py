@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import av
 import pytest
@@ -26,15 +26,22 @@ def video_frames(path: Path) -> tuple[int, int, int]:
 def test_a_dance_job_yields_a_playable_video_a_manifest_and_a_complete_result(
     cluster: Cluster, comfysim: Any, media_server: Any, tmp_path: Path
 ) -> None:
-    # Given a ready worker and a ComfyUI whose input folder it shares
-    # (4 sampler steps over 2 s, so the producer's polls see steps go by)
-    sim = comfysim(exec_s=2.0)
+    # Given a ready worker and a ComfyUI whose input folder it shares, whose sampler is held after step 2 of 4
+    sim = comfysim(exec_s=0.4)
+    sim.faults({"hold": True, "hold_at_progress": "2/4"})
     cluster.start_worker("w", sim.url, COMFYUI_INPUT_DIR=str(sim.data_dir / "input"),
                          COMFYUI_OUTPUT_DIR=str(sim.data_dir / "output"))
     progress: list[dict[str, Any]] = []
     # When a job is submitted and followed
     with cluster.client() as client:
         handle = client.submit(dance_request(media_server, tmp_path, steps=4), job_id="job-e2e-1")
+
+        def at_sampler_step() -> dict[str, Any] | None:
+            info = handle.progress()
+            return info if info and info.get("max") == 4 and info["stage"] == "executing" else None
+
+        progress.append(cast(dict[str, Any], wait_until(at_sampler_step, 30, "the sampler step in the progress")))
+        sim.release()
         result = handle.result(timeout_s=60, on_progress=lambda state, info: info and progress.append(info))
     # Then the result has every promised field
     assert result["job_id"] == "job-e2e-1" and result["status"] == "succeeded"

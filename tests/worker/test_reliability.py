@@ -47,6 +47,8 @@ def test_comfyui_killed_mid_job_requeues_the_job_which_completes_once_comfyui_is
     assert result["status"] == "succeeded"
     assert job_counter(cluster.broker_url, keys.attempts("comfy-dies")) == 2
     assert worker.poll() is None
+    # and the handback is one warning line with the code, not a traceback
+    assert "reject requeue=True: [comfyui.unreachable]" in worker.log() and "Traceback" not in worker.log()
 
 
 def test_a_job_of_a_worker_killed_mid_job_is_redelivered_and_completed_by_another(
