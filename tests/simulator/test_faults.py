@@ -58,10 +58,15 @@ def test_a_hold_at_a_progress_value_stops_the_sampler_right_after_that_step(comf
     prompt_id = submit(sim, tmp_path)
     # When the run reaches that step, it stays there
     wait_until(lambda: sim.state()["held"], WAIT_S, "the sampler to be held")
-    # Then the sampler's last progress frame is step 2 of 3 (after the weight-loading ticks and step 1)
-    sampler = [f.json["data"] for f in socket.frames if f.type == "progress" and f.json["data"]["node"] == SAMPLER]
-    assert (sampler[-1]["value"], sampler[-1]["max"]) == (2, 3)
-    assert [(d["value"], d["max"]) for d in sampler[-2:]] == [(1, 3), (2, 3)]
+
+    def sampler_steps(frames: list[Any]) -> list[tuple[int, int]]:
+        return [(f.json["data"]["value"], f.json["data"]["max"])
+                for f in frames if f.type == "progress" and f.json["data"]["node"] == SAMPLER]
+
+    # Then the sampler's progress reaches step 2 of 3 (after the weight-loading ticks and step 1) and stops
+    # there: while the node is held, nothing follows that frame
+    socket.wait_for(lambda frames: (2, 3) in sampler_steps(frames), WAIT_S, "the sampler's step 2 of 3")
+    assert sim.state()["held"] and sampler_steps(socket.frames)[-2:] == [(1, 3), (2, 3)]
     # and a release lets it finish normally
     sim.release()
     socket.wait_done(prompt_id)
