@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit, urlunsplit
 
 
@@ -13,3 +14,12 @@ def redact_url(url: str) -> str:
         host = f"[{host}]"
     netloc = f"{host}:{parts.port}" if parts.port else host
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+#: An http(s) URL inside a longer text (a repr): up to whitespace, a quote or a bracket.
+URL_IN_TEXT = re.compile(r"https?://[^\s'\"<>\[\]{}]+")
+
+
+def redact_urls_in(text: str) -> str:
+    """``text`` with every http(s) URL in it redacted as :func:`redact_url` does."""
+    return URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), text)

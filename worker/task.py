@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 REQUEUED_STATE = "REQUEUED"
 
 
-@app.task(bind=True, name=TASK_NAME, acks_late=True, reject_on_worker_lost=True, throws=(PermanentError,))
+@app.task(bind=True, name=TASK_NAME, acks_late=True, reject_on_worker_lost=True, throws=(PermanentError,),
+          Request="worker.task_request:DanceRequest")
 def generate(
     self: Any, request: dict[str, Any], deadline_s: float | None = None, submitted_at: float | None = None
 ) -> dict[str, Any]:

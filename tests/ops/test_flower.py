@@ -24,12 +24,14 @@ SAMPLER_PROGRESS = re.compile(r"executing node 348 \(WanVideoSamplerv2\): 2/4 \(
 
 
 def test_flower_shows_a_running_jobs_progress_then_its_result_without_secrets(
-    cluster: Cluster, comfysim: Any, media_server: Any, tmp_path: Path
+    cluster: Cluster, comfysim: Any, media_server: Any, s3_server: Any, tmp_path: Path
 ) -> None:
-    # Given a worker whose sampler is held right after step 2 of 4, Flower, and media behind signed URLs
+    # Given a worker whose sampler is held right after step 2 of 4 and whose results go to S3 (presigned
+    # URLs), Flower, and media behind signed URLs
     sim = comfysim(exec_s=0.4)
     sim.faults({"hold": True, "hold_at_progress": "2/4"})
-    start_gpu_worker(cluster, "w", sim.url)
+    s3_env = {k: v for k, v in s3_server.env.items() if k != "AWS_MAX_ATTEMPTS"}
+    start_gpu_worker(cluster, "w", sim.url, DANCE_STORAGE_URL=f"s3://{s3_server.bucket}/results", **s3_env)
     flower = start_flower(cluster, sim.url)
     request = dance_request(media_server, tmp_path, steps=4)
     request["reference_image"] += "?" + SECRET_TOKEN
@@ -47,12 +49,15 @@ def test_flower_shows_a_running_jobs_progress_then_its_result_without_secrets(
         assert "PROGRESS" in page and SAMPLER_PROGRESS.search(page), page[-3000:]
         assert "reference_image" in page and "do-not-show-me" not in page
         sim.release()
-        # and once the job ends, the page shows its result
-        handle.result(timeout_s=30)
+        # and once the job ends, the page shows its result, with the outputs' locations but not the signatures
+        # that the producer's result holds
+        video = next(item for item in handle.result(timeout_s=30)["outputs"] if item["kind"] == "video")
+        assert "X-Amz-Signature=" in video["url"]
         wait_until(lambda: flower.task("flower-1").get("state") == "SUCCESS", 30,
                    "Flower to receive the success event")
         page = html.unescape(render(flower.url("/task/flower-1", True), ARTIFACTS / "flower-task-done.png"))
-        assert "SUCCESS" in page and "'status': 'succeeded'" in page and "dance_00001.mp4" in page
+        assert "SUCCESS" in page and "'status': 'succeeded'" in page
+        assert video["url"].split("?")[0] in page and "X-Amz-" not in page
 
 
 def test_flower_shows_a_waiting_worker_as_not_ready_and_serves_the_dance_metrics(
