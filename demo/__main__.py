@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from demo.samples import make_character_png, make_dance_mp4
-from harness.local import redis_service, simulator_service, wait_for_port, worker_service
+from harness.local import redis_service, simulator_service, wait_for_redis, worker_service
 from harness.processes import ManagedProcess, free_port
 from producer.client import DanceClient
 from producer.errors import DanceError
@@ -54,7 +54,7 @@ def start_cluster(services: Services) -> tuple[dict[str, str], str]:
     logs = STATE_DIR / "logs"
     redis_port = free_port()
     services.start(redis_service("redis", redis_port, STATE_DIR, logs))
-    wait_for_port(redis_port, 15, "redis")
+    wait_for_redis(redis_port, 15)
     broker = f"redis://127.0.0.1:{redis_port}/0"
     env = {"CELERY_BROKER_URL": broker, "CELERY_RESULT_BACKEND": broker,
            "DANCE_STORAGE_URL": (STATE_DIR / "storage").as_uri(), "PYTHONUNBUFFERED": "1"}

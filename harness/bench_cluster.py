@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from demo.samples import make_dance_mp4
-from harness.local import redis_service, simulator_service, wait_for_port, worker_service
+from harness.local import redis_service, simulator_service, wait_for_port, wait_for_redis, worker_service
 from harness.processes import ManagedProcess, free_port, wait_until
 from producer.client import DanceClient
 from producer.settings import ProducerSettings
@@ -103,7 +103,7 @@ class BenchCluster:
     def start(self) -> BenchCluster:
         logs, port = self.root / "logs", free_port()
         self.processes.append(redis_service("redis", port, self.root / "redis", logs).start())
-        wait_for_port(port, 15, "redis")
+        wait_for_redis(port, 15)
         self.broker = f"redis://127.0.0.1:{port}/0"
         for index in range(self.gpus):
             sim_port = free_port()

@@ -79,12 +79,12 @@ def ready_latency(root: Path, trials: int) -> Figures:
 
 
 def _one_ready_trial(cluster: BenchCluster) -> float:
-    from harness.local import redis_service, simulator_service, wait_for_port
+    from harness.local import redis_service, simulator_service, wait_for_redis
     from harness.processes import free_port
 
     logs, port, sim_port = cluster.root / "logs", free_port(), free_port()
     cluster.processes.append(redis_service("redis", port, cluster.root / "redis", logs).start())
-    wait_for_port(port, 15, "redis")
+    wait_for_redis(port, 15)
     cluster.broker = f"redis://127.0.0.1:{port}/0"
     cluster.sims.append(f"http://127.0.0.1:{sim_port}")
     worker = cluster.start_worker(0)

@@ -23,7 +23,7 @@ import redis
 
 from demo.samples import make_character_png, make_dance_mp4
 from harness.chaos_report import Report, Watcher, collect, render
-from harness.local import redis_service, simulator_service, wait_for_port, worker_service
+from harness.local import fresh_dir, redis_service, simulator_service, wait_for_redis, worker_service
 from harness.processes import ManagedProcess, free_port
 from producer.client import DanceClient
 from producer.settings import ProducerSettings
@@ -66,11 +66,12 @@ class Cluster:
 
 
 def start_cluster(settings: ChaosSettings) -> Cluster:
-    root, logs = settings.state_dir.resolve(), settings.state_dir.resolve() / "logs"
+    root = fresh_dir(settings.state_dir.resolve())
+    logs = root / "logs"
     port = free_port()
     cluster = Cluster(redis_service("redis", port, root / "redis", logs, aof=True).start(),
                       f"redis://127.0.0.1:{port}/0")
-    wait_for_port(port, 15, "redis")
+    wait_for_redis(port, 15)
     for index in range(settings.workers):
         sim_port = free_port()
         sim = simulator_service(f"sim{index}", sim_port, root / f"comfyui{index}", logs, settings.exec_s)
@@ -153,7 +154,7 @@ def run(settings: ChaosSettings) -> Report:
         stop.set()
         for thread in threads:
             thread.join(timeout=10)
-        report = collect(watcher, time.monotonic() - started)
+        report = collect(watcher, time.monotonic() - started, [worker.log_path for worker in cluster.workers])
         for service in reversed(cluster.services()):  # workers first: they still talk to the rest
             service.stop()
     return report

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import statistics
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -19,6 +21,10 @@ from producer.errors import DanceError
 
 #: How often the watcher looks at every unfinished job, in seconds.
 WATCH_EVERY_S = 0.25
+#: The line a restarted worker logs when it stops its predecessor's prompts (worker/orphans.py).
+ORPHANS_LINE = re.compile(
+    r"cleared the prompts an earlier run of \S+ left in ComfyUI: (\d+) deleted .*?, (\d+) interrupted"
+)
 
 
 @dataclass
@@ -41,6 +47,8 @@ class Report:
     lost: int
     duplicate_gpu_executions: int
     wasted_gpu_runs: int
+    #: Prompts a killed worker left running or queued in a surviving ComfyUI, stopped by its restart.
+    orphan_prompts_stopped: int
     duplicate_result_writes: int
     worker_kills: int
     simulator_kills: int
@@ -124,7 +132,7 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def collect(watcher: Watcher, duration_s: float) -> Report:
+def collect(watcher: Watcher, duration_s: float, worker_logs: list[Path]) -> Report:
     codes: Counter[str] = Counter()
     executions, writes = [], []
     for job_id in watcher.ids:
@@ -145,6 +153,7 @@ def collect(watcher: Watcher, duration_s: float) -> Report:
         lost=sum(n for state, n in states.items() if state not in READY_STATES),
         duplicate_gpu_executions=sum(1 for n in executions if n > 1),
         wasted_gpu_runs=sum(max(0, n - 1) for n in executions),
+        orphan_prompts_stopped=_orphans_stopped(worker_logs),
         duplicate_result_writes=sum(1 for n in writes if n > 1),
         worker_kills=sum(1 for d in deaths if d.kind == "worker"),
         simulator_kills=sum(1 for d in deaths if d.kind == "simulator"),
@@ -153,6 +162,11 @@ def collect(watcher: Watcher, duration_s: float) -> Report:
         duration_s=round(duration_s, 1),
         events=watcher.events,
     )
+
+
+def _orphans_stopped(worker_logs: list[Path]) -> int:
+    text = "".join(path.read_text(errors="replace") for path in worker_logs if path.exists())
+    return sum(int(deleted) + int(interrupted) for deleted, interrupted in ORPHANS_LINE.findall(text))
 
 
 def _spread(values: list[float]) -> str:
@@ -171,6 +185,7 @@ def render(report: Report) -> str:
         ("lost", report.lost),
         ("duplicate GPU executions (jobs)", report.duplicate_gpu_executions),
         ("wasted GPU runs", report.wasted_gpu_runs),
+        ("orphan prompts stopped", report.orphan_prompts_stopped),
         ("duplicate result writes", report.duplicate_result_writes),
         ("kills: workers / simulators", f"{report.worker_kills} / {report.simulator_kills}"),
         ("worker death → job redelivered", _spread(report.redelivery_s)),

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from demo.samples import make_character_png, make_dance_mp4
-from harness.local import redis_service, simulator_service, wait_for_port, worker_service
+from harness.local import fresh_dir, redis_service, simulator_service, wait_for_port, wait_for_redis, worker_service
 from harness.processes import free_port
 from producer.client import DanceClient
 from producer.settings import ProducerSettings
@@ -59,7 +59,7 @@ def run(jobs: int, root: Path) -> dict[str, Any]:
     broker, comfyui_url = f"redis://127.0.0.1:{redis_port}/0", f"http://127.0.0.1:{sim_port}"
     services = [redis_service("redis", redis_port, root / "redis", logs).start(),
                 simulator_service("sim", sim_port, root / "comfyui", logs, EXEC_S).start()]
-    wait_for_port(redis_port, 15, "redis")
+    wait_for_redis(redis_port, 15)
     env = {"CELERY_BROKER_URL": broker, "CELERY_RESULT_BACKEND": broker, "COMFYUI_URL": comfyui_url,
            "DANCE_STORAGE_URL": (root / "storage").as_uri(), "DANCE_WORK_DIR": str(root / "scratch"),
            "COMFYUI_INPUT_DIR": str(root / "comfyui" / "input"), "COMFYUI_OUTPUT_DIR": str(root / "comfyui" / "output")}
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--dir", type=Path, default=Path("var/hygiene"))
     args = parser.parse_args(argv)
-    report = run(args.jobs, args.dir.resolve())
+    report = run(args.jobs, fresh_dir(args.dir.resolve()))
     after = report["after"]
     print(f"after {report['jobs']} jobs in {report['seconds']}s:")
     for name, value in after.items():

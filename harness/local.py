@@ -7,11 +7,33 @@ import shutil
 import sys
 from pathlib import Path
 
+import redis
+
 from harness.processes import ManagedProcess, port_accepts, wait_until
 
 
 def wait_for_port(port: int, timeout_s: float, what: str) -> None:
     wait_until(lambda: port_accepts(port), timeout_s, f"{what} to listen on port {port}")
+
+
+def answers_ping(client: redis.Redis) -> bool:
+    """Whether the server answers PING (not just accepts connections: an AOF reload answers LOADING)."""
+    try:
+        return bool(client.ping())
+    except redis.ConnectionError:
+        return False
+
+
+def wait_for_redis(port: int, timeout_s: float) -> None:
+    with redis.Redis(port=port) as client:
+        wait_until(lambda: answers_ping(client), timeout_s, f"redis on port {port} to answer PING")
+
+
+def fresh_dir(root: Path) -> Path:
+    """``root``, emptied: a run must not inherit an earlier run's Redis data, ComfyUI files or results."""
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    return root
 
 
 def redis_service(name: str, port: int, data_dir: Path, log_dir: Path, aof: bool = False) -> ManagedProcess:

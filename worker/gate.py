@@ -32,6 +32,7 @@ from celery import bootsteps
 from celery.worker import state as worker_state
 
 from worker.backoff import Backoff
+from worker.orphans import clear_orphans
 from worker.readiness import Readiness, probe
 from worker.runtime import Runtime
 
@@ -164,6 +165,8 @@ class ComfyGate(bootsteps.StartStopStep):
 
     def _on_ready(self, verdict: Readiness) -> None:
         self.runtime.device = verdict.device
+        if not self.ready.is_set():
+            clear_orphans(self.runtime.http, self.consumer.hostname)
         if self.ready_after_s is None:
             self.ready_after_s = time.monotonic() - self.started_at
             log.info("ComfyUI ready after %.2fs (device: %s); taking tasks", self.ready_after_s, verdict.device)

@@ -25,6 +25,7 @@ from worker.cancels import CancelFlag
 from worker.cleanup import JOB_MARK, input_name, output_subfolder
 from worker.comfy_ws import EventSocket
 from worker.inputs import FetchedInput, fetch_input
+from worker.orphans import WORKER_MARK, process_mark
 from worker.outputs import MANIFEST_NAME, store_outputs
 from worker.pipeline import EXECUTING, FINISHING, WAITING
 from worker.progress import ProgressReporter
@@ -176,7 +177,8 @@ def _execute(runtime: Runtime, ctx: JobContext, graph: dict[str, Any]) -> Prompt
     sock = EventSocket(runtime.settings.comfyui_url, client_id)
     sock.connect()  # before POST /prompt, so no message of our prompt can be missed
     try:
-        submitted = runtime.http.queue_prompt(graph, client_id, {JOB_MARK: ctx.job_id})
+        extra = {JOB_MARK: ctx.job_id, WORKER_MARK: process_mark(ctx.hostname)}
+        submitted = runtime.http.queue_prompt(graph, client_id, extra)
         ctx.prompt_id = submitted.prompt_id
         runtime.prompts_in_flight.add(submitted.prompt_id)
         ctx.phase(WAITING)

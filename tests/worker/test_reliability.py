@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import redis
+import requests
 
-from harness.local import redis_service
+from harness.local import answers_ping, redis_service
 from producer import keys
-from tests.fixtures.redis_server import answers_ping
 from tests.fixtures.workers import Cluster
 from tests.support.jobs import dance_request, job_counter, queued_messages, unacked_messages
 from tests.support.processes import free_port, wait_until
@@ -70,6 +70,40 @@ def test_a_job_of_a_worker_killed_mid_job_is_redelivered_and_completed_by_anothe
     assert result["worker"]["hostname"].startswith("b@")
     assert job_counter(cluster.broker_url, keys.manifest_writes("worker-dies")) == 1
     assert job_counter(cluster.broker_url, keys.executions("worker-dies")) == 2  # one wasted GPU run, on A
+
+
+def test_a_restarted_worker_clears_the_prompts_its_killed_predecessor_left_in_comfyui(
+    cluster: Cluster, comfysim: Any, media_server: Any, tmp_path: Path
+) -> None:
+    # Given a worker whose ComfyUI (in a container of its own) holds one job in the sampler while the
+    # worker's pipelining has queued the next job's prompt behind it, and another worker's prompt there too
+    sim = comfysim(exec_s=0.2)
+    sim.faults({"hold": True})
+    worker = cluster.start_worker("w", sim.url, **FAST_REDELIVERY)
+    with cluster.client() as client:
+        first = client.submit(dance_request(media_server, tmp_path), job_id="orphan-1")
+        wait_until(lambda: sim.state()["held"], 30, "the first prompt to be held")
+        second = client.submit(dance_request(media_server, tmp_path), job_id="orphan-2")
+        wait_until(lambda: len(comfy_queue(sim)["queue_pending"]) == 1, 30, "the second prompt to be queued")
+        foreign = {"prompt": dict(comfy_queue(sim)["queue_pending"][0][2]), "client_id": "someone-else",
+                   "extra_data": {"dance_job_id": "other", "dance_worker": "w2@elsewhere/0123456789ab"}}
+        foreign_id = requests.post(f"{sim.url}/prompt", json=foreign, timeout=10).json()["prompt_id"]
+        # When the worker is SIGKILLed and a new process starts under the same name
+        worker.kill()
+        restarted = cluster.start_worker("w", sim.url, **FAST_REDELIVERY)
+        # Then before it takes work it deletes its predecessor's queued prompt and interrupts the running one,
+        # and leaves the other worker's prompt alone
+        restarted.wait_for_log("cleared the prompts an earlier run of w@")
+        assert sim.state()["interrupts"] == 1
+        wait_until(lambda: foreign_id in sim.state()["executed"], 30, "the other worker's prompt to run")
+        # and both jobs still complete once the broker redelivers them
+        assert first.result(timeout_s=90)["status"] == "succeeded"
+        assert second.result(timeout_s=90)["status"] == "succeeded"
+
+
+def comfy_queue(sim: Any) -> dict[str, Any]:
+    queue: dict[str, Any] = requests.get(f"{sim.url}/queue", timeout=10).json()
+    return queue
 
 
 def test_a_job_longer_than_the_visibility_timeout_runs_once(

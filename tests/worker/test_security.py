@@ -10,8 +10,8 @@ import pytest
 import redis
 from kombu import Connection
 
+from harness.local import answers_ping
 from producer import errors
-from tests.fixtures.redis_server import answers_ping
 from tests.fixtures.workers import Cluster
 from tests.support.jobs import dance_request, queued_messages, unacked_messages
 from tests.support.processes import ManagedProcess, free_port, wait_until

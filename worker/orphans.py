@@ -1,0 +1,66 @@
+"""Prompts an earlier run of this worker left in ComfyUI's queue, cleared before the worker takes work.
+
+A worker killed mid-job (SIGKILL, OOM) leaves its prompts in ComfyUI when ComfyUI lives on, in a container
+of its own: the running one and the one pipelining had queued behind it. ComfyUI would run both to the end
+for nobody, while the jobs themselves come back through the broker and run again. Every prompt carries the
+worker's name and a token of its process (``extra_data``); a restarted worker, which keeps its name, finds
+the prompts of its earlier processes and removes them before it attaches its queues: the queued ones are
+deleted, the running one is interrupted. Other workers' prompts are never touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from producer.errors import DanceError
+from worker.cleanup import JOB_MARK
+from worker.comfy_http import ComfyHttp
+
+log = logging.getLogger(__name__)
+
+#: The ``extra_data`` key naming the worker process that queued a prompt: ``<nodename>/<process token>``.
+WORKER_MARK = "dance_worker"
+#: Made once per process: a restarted worker has the same node name and a new token.
+PROCESS_TOKEN = uuid.uuid4().hex[:12]
+
+
+def process_mark(nodename: str) -> str:
+    """A mark for the prompts of this worker process: its node name and a token no other process shares."""
+    return f"{nodename}/{PROCESS_TOKEN}"
+
+
+def clear_orphans(http: ComfyHttp, nodename: str) -> None:
+    """Delete the queued prompts, and interrupt the running one, that earlier processes of ``nodename``
+    left in ComfyUI. Called before the worker takes work; a failure is logged, never raised."""
+    try:
+        queue = http.queue()
+        pending = [item[1] for item in queue.get("queue_pending", []) if _orphaned(item, nodename)]
+        if pending:
+            http.delete_queued(pending)
+        running = [item[1] for item in queue.get("queue_running", []) if _orphaned(item, nodename)]
+        # ComfyUI 0.3.39's /interrupt stops whatever runs, so look again right before sending it: the
+        # orphan may have ended, and the prompt now running may be someone else's.
+        if running and _running_ids(http.queue()) == running:
+            http.interrupt()
+        else:
+            running = []
+    except DanceError as exc:
+        log.warning("could not clear the prompts an earlier run of %s left in ComfyUI: %s", nodename, exc)
+        return
+    if pending or running:
+        log.warning("cleared the prompts an earlier run of %s left in ComfyUI: %d deleted from its queue %s, "
+                    "%d interrupted %s", nodename, len(pending), pending, len(running), running)
+
+
+def _orphaned(item: Any, nodename: str) -> bool:
+    extra = item[3] if isinstance(item, list) and len(item) > 3 else None
+    if not isinstance(extra, dict) or JOB_MARK not in extra:
+        return False
+    mark = str(extra.get(WORKER_MARK, ""))
+    return mark.startswith(f"{nodename}/") and mark != process_mark(nodename)
+
+
+def _running_ids(queue: dict[str, Any]) -> list[str]:
+    return [item[1] for item in queue.get("queue_running", []) if isinstance(item, list) and len(item) > 1]
