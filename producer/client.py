@@ -5,6 +5,7 @@ Submitting needs the broker URL and nothing of the worker: the task is sent by n
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -33,6 +34,8 @@ from producer.redisurl import redis_client
 from producer.schema import check_job_id, check_priority, check_queue, check_timeout_s, parse_request
 from producer.settings import ProducerSettings
 from producer.webhooks import check_callback_url
+
+log = logging.getLogger(__name__)
 
 #: Pause between two result-backend polls while waiting, in seconds.
 POLL_INTERVAL_S = 0.2
@@ -212,6 +215,7 @@ class JobHandle:
         state, info = self._snapshot()
         if state == "PENDING" and self.status() == "UNKNOWN":
             raise error(JOB_UNKNOWN, f"no job {self.id} was submitted to this broker", job_id=self.id)
+        outage = False
         while True:
             if state in READY_STATES:
                 return self._settled(state)
@@ -222,7 +226,17 @@ class JobHandle:
                 raise error(JOB_WAIT_TIMEOUT, f"job {self.id} did not finish within {limit:g}s (state {state})",
                             job_id=self.id, state=state)
             time.sleep(POLL_INTERVAL_S)
-            state, info = self._snapshot()
+            try:
+                state, info = self._snapshot()
+                outage = False
+            except DanceError as exc:
+                # A broker restart (an AOF reload takes a while) must not end the wait: the job goes on
+                # meanwhile, so keep the last state until the broker answers again or the wait times out.
+                if exc.code != BROKER_UNREACHABLE or time.monotonic() >= deadline:
+                    raise
+                if not outage:
+                    log.warning("job %s: %s; still waiting", self.id, exc)
+                outage = True
 
     def _snapshot(self) -> tuple[str, Any]:
         """The job's state and, while it runs or waits for a retry, its progress meta."""

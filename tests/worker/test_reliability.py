@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 import requests
 
 from harness.local import answers_ping, redis_service
 from producer import keys
+from producer.errors import DanceError
 from tests.fixtures.workers import Cluster
 from tests.support.jobs import dance_request, job_counter, queued_messages, unacked_messages
 from tests.support.processes import free_port, wait_until
@@ -252,6 +255,44 @@ def test_workers_reconnect_and_keep_consuming_after_a_redis_restart(
             assert client.submit(dance_request(media_server, tmp_path)).result(timeout_s=60)["status"] == "succeeded"
         assert "Connection to broker lost" in worker.log()
         assert queued.id == "survives-restart"
+    finally:
+        worker.stop()
+        broker.stop()
+
+
+def test_a_producer_waiting_for_a_result_rides_out_a_redis_restart(
+    comfysim: Any, media_server: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a broker of its own with AOF, and a producer waiting for a job held in the sampler
+    broker = RestartableRedis(tmp_path / "redis").start()
+    cluster = Cluster(broker_url=broker.url, root=tmp_path, storage_url=(tmp_path / "storage").as_uri())
+    sim = comfysim(exec_s=0.2)
+    sim.faults({"hold": True})
+    worker = cluster.start_worker("w", sim.url)
+    outcome: dict[str, Any] = {}
+    try:
+        with cluster.client() as client:
+            handle = client.submit(dance_request(media_server, tmp_path), job_id="wait-through-restart")
+            wait_until(lambda: sim.state()["held"], 30, "the prompt to be held")
+
+            def wait() -> None:
+                try:
+                    outcome["result"] = handle.result(timeout_s=90)
+                except DanceError as exc:
+                    outcome["error"] = exc
+
+            waiter = threading.Thread(target=wait)
+            waiter.start()
+            # When Redis goes down while the producer waits, and comes back once the producer noticed
+            broker.stop()
+            wait_until(lambda: "still waiting" in caplog.text, 30, "the producer to notice the outage")
+            broker.start()
+            sim.release()
+            waiter.join(90)
+        # Then the wait ends with the job's result, not with an unreachable broker
+        assert "error" not in outcome, outcome
+        assert outcome["result"]["status"] == "succeeded"
+        assert "[broker.unreachable]" in caplog.text
     finally:
         worker.stop()
         broker.stop()
