@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import bench_scenarios as scenarios
+from harness.local import fresh_dir
 
 #: Simulated GPU seconds per job in the scaling run: sleep-based, so two cores can host eight "GPUs".
 SCALING_EXEC_S = 2.0
@@ -71,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer jobs: a smoke run, not figures")
     parser.add_argument("--dir", type=Path, default=Path("var/bench"))
     args = parser.parse_args(argv)
-    root = args.dir.resolve()
-    shutil.rmtree(root, ignore_errors=True)
+    root = fresh_dir(args.dir.resolve())
     results: dict[str, dict[str, Any]] = {}
     for name, run in plan(root, args.quick).items():
         if args.only and name not in args.only:
