@@ -42,7 +42,7 @@ REQUEUED_STATE = "REQUEUED"
 
 
 @app.task(bind=True, name=TASK_NAME, acks_late=True, reject_on_worker_lost=True, throws=(PermanentError,),
-          Request="worker.task_request:DanceRequest")
+          Request="worker.task_request:RedactingRequest")
 def generate(
     self: Any, request: dict[str, Any], deadline_s: float | None = None, submitted_at: float | None = None
 ) -> dict[str, Any]:

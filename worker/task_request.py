@@ -15,7 +15,7 @@ from celery.worker.request import Request
 from producer.redact import redact_urls_in
 
 
-class DanceRequest(Request):  # type: ignore[misc]
+class RedactingRequest(Request):  # type: ignore[misc]
     def send_event(self, type: str, **fields: Any) -> None:
         result = fields.get("result")
         if type == "task-succeeded" and isinstance(result, str):
