@@ -14,18 +14,6 @@ from worker.inputs.sniff import sniff_bytes
 from worker.storage import LocalStorage, open_storage
 
 
-@pytest.fixture
-def storage(tmp_path: Path) -> LocalStorage:
-    local = open_storage((tmp_path / "store").as_uri())
-    assert isinstance(local, LocalStorage)
-    return local
-
-
-@pytest.fixture
-def dest(tmp_path: Path) -> Path:
-    return tmp_path / "job"
-
-
 # Schemes and storage -----------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "ref", ["ftp://127.0.0.1/x.png", "data:image/png;base64,iVBORw0KGgo=", "/etc/passwd", "gopher://x/1"]

@@ -13,19 +13,7 @@ from tests.fixtures.media_server import MediaServer, Route, SampleMedia, fetch_e
 from worker.inputs import fetch_input
 from worker.inputs.guard import AllowList, blocked_reason, pin_address
 from worker.inputs.http import MAX_REDIRECTS
-from worker.storage import LocalStorage, open_storage
-
-
-@pytest.fixture
-def storage(tmp_path: Path) -> LocalStorage:
-    local = open_storage((tmp_path / "store").as_uri())
-    assert isinstance(local, LocalStorage)
-    return local
-
-
-@pytest.fixture
-def dest(tmp_path: Path) -> Path:
-    return tmp_path / "job"
+from worker.storage import LocalStorage
 
 
 # Redirects and the SSRF guard --------------------------------------------------------------------------

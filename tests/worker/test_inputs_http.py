@@ -19,19 +19,7 @@ from tests.fixtures.media_server import (
 )
 from tests.support.processes import free_port
 from worker.inputs import fetch_input
-from worker.storage import LocalStorage, open_storage
-
-
-@pytest.fixture
-def storage(tmp_path: Path) -> LocalStorage:
-    local = open_storage((tmp_path / "store").as_uri())
-    assert isinstance(local, LocalStorage)
-    return local
-
-
-@pytest.fixture
-def dest(tmp_path: Path) -> Path:
-    return tmp_path / "job"
+from worker.storage import LocalStorage
 
 
 # Success -----------------------------------------------------------------------------------------------
