@@ -12,7 +12,7 @@ import pytest
 import redis
 import requests
 
-from harness.local import answers_ping, redis_service
+from harness.local import redis_service, wait_for_redis
 from producer import keys
 from producer.errors import DanceError
 from tests.fixtures.workers import Cluster
@@ -312,8 +312,7 @@ class RestartableRedis:
 
     def start(self) -> RestartableRedis:
         self.process.start()
-        client = redis.Redis.from_url(self.url)
-        wait_until(lambda: answers_ping(client), 15, "redis to answer")
+        wait_for_redis(self.port, 15)
         return self
 
     def restart(self) -> None:

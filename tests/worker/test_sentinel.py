@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import redis
 
+from harness.local import redis_service
 from tests.fixtures.workers import Cluster
 from tests.support.jobs import dance_request
 from tests.support.processes import ManagedProcess, free_port, wait_until
@@ -25,8 +26,7 @@ def sentinel_url(tmp_path: Path) -> Iterator[str]:
     """A Redis master and one Sentinel that monitors it; yields the sentinel:// broker URL."""
     binary = shutil.which("redis-server") or "redis-server"
     master_port, sentinel_port = free_port(), free_port()
-    master = ManagedProcess("redis-master", [binary, "--port", str(master_port), "--bind", "127.0.0.1",
-                                             "--save", "", "--dir", str(tmp_path)], tmp_path / "master.log").start()
+    master = redis_service("redis-master", master_port, tmp_path, tmp_path).start()
     config = tmp_path / "sentinel.conf"
     config.write_text(f"port {sentinel_port}\nbind 127.0.0.1\ndir {tmp_path}\n"
                       f"sentinel monitor {MASTER} 127.0.0.1 {master_port} 1\n")
