@@ -18,6 +18,7 @@ from producer.client import DanceClient
 from producer.clusterview import DEFAULT_INSPECT_TIMEOUT_S, cluster_view
 from producer.ledger import HOOKS_QUEUE
 from producer.views import cluster_table
+from producer.worker_cli import exec_celery_worker
 
 #: Celery node name of a hooks worker started by ``dance hooks-worker``.
 DEFAULT_HOOKS_WORKER_NAME = "hooks@%h"
@@ -43,17 +44,10 @@ def cluster(inspect_timeout_s: float, as_json: bool) -> None:
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def hooks_worker(name: str, loglevel: str, celery_args: tuple[str, ...]) -> None:
     """Start the worker that sends webhooks and records batch completions (no GPU, no ComfyUI)."""
-    from producer.errors import DanceError
     from worker.hooks.settings import HooksSettings
 
-    try:
-        HooksSettings.from_env()  # fail here with the error's code, not in a Celery traceback
-    except DanceError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    argv = [sys.executable, "-m", "celery", "-A", "worker.hooks.app", "worker", "-n", name, "-Q", HOOKS_QUEUE,
-            "--loglevel", loglevel, *celery_args]
-    os.execv(sys.executable, argv)
+    exec_celery_worker(HooksSettings.from_env, "worker.hooks.app",
+                       ["-n", name, "-Q", HOOKS_QUEUE, "--loglevel", loglevel, *celery_args])
 
 
 @click.command("flower", context_settings={"ignore_unknown_options": True})

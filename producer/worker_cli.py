@@ -9,9 +9,12 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 import click
 
+from producer.cli_support import EXIT_USAGE
 from producer.errors import DanceError
 
 #: Celery node name of a worker started by ``dance worker``; %h is the host name.
@@ -35,14 +38,18 @@ def worker(name: str, queues: str | None, loglevel: str, celery_args: tuple[str,
         os.environ["DANCE_QUEUES"] = queues
     from worker.settings import WorkerSettings
 
+    exec_celery_worker(WorkerSettings.from_env, "worker.app", ["-n", name, "--loglevel", loglevel, *celery_args])
+
+
+def exec_celery_worker(check_settings: Callable[[], object], app: str, args: Sequence[str]) -> NoReturn:
+    """Replace this process with ``celery -A app worker args``, once the settings are known to be valid:
+    an invalid one fails here with its code and exit status 2, not in a Celery traceback."""
     try:
-        WorkerSettings.from_env()  # fail here with the error's code, not in a Celery traceback
+        check_settings()
     except DanceError as exc:
         click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    argv = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-n", name, "--loglevel", loglevel,
-            *celery_args]
-    os.execv(sys.executable, argv)
+        sys.exit(EXIT_USAGE)
+    os.execv(sys.executable, [sys.executable, "-m", "celery", "-A", app, "worker", *args])
 
 
 @click.command()

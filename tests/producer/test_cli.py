@@ -92,6 +92,15 @@ def test_an_invalid_request_exits_with_the_usage_code_and_sends_nothing(cluster:
     assert json.loads(done.stdout)["error"]["code"] == "request.bad_media_reference"
 
 
+def test_the_worker_commands_refuse_an_invalid_setting_with_its_code_before_celery_starts() -> None:
+    # Given a setting each worker reads that is not a number
+    for command, setting in (("worker", "DANCE_VISIBILITY_TIMEOUT_S"), ("hooks-worker", "DANCE_WEBHOOK_TIMEOUT_S")):
+        # When the command starts, Then it exits with the usage code and names the setting, with no Celery output
+        done = dance(command, env={setting: "abc"}, timeout_s=30)
+        assert done.returncode == EXIT_USAGE, (command, done.stderr)
+        assert done.stderr.strip() == f"error: [config.invalid] {setting}='abc' is not a number"
+
+
 def test_an_unreachable_broker_has_its_own_exit_code() -> None:
     done = dance("submit", "--reference-image", "https://h/a.png", "--dance-video", "https://h/v.mp4",
                  "--prompt", "p", env={"CELERY_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"})
