@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import redis
-import requests
 
 from harness.local import redis_service, wait_for_redis
 from producer import keys
@@ -87,10 +86,10 @@ def test_a_restarted_worker_clears_the_prompts_its_killed_predecessor_left_in_co
         first = client.submit(dance_request(media_server, tmp_path), job_id="orphan-1")
         wait_until(lambda: sim.state()["held"], 30, "the first prompt to be held")
         second = client.submit(dance_request(media_server, tmp_path), job_id="orphan-2")
-        wait_until(lambda: len(comfy_queue(sim)["queue_pending"]) == 1, 30, "the second prompt to be queued")
-        foreign = {"prompt": dict(comfy_queue(sim)["queue_pending"][0][2]), "client_id": "someone-else",
+        wait_until(lambda: len(sim.request("GET", "/queue")["queue_pending"]) == 1, 30, "the next prompt queued")
+        foreign = {"prompt": dict(sim.request("GET", "/queue")["queue_pending"][0][2]), "client_id": "someone-else",
                    "extra_data": {"dance_job_id": "other", "dance_worker": "w2@elsewhere/0123456789ab"}}
-        foreign_id = requests.post(f"{sim.url}/prompt", json=foreign, timeout=10).json()["prompt_id"]
+        foreign_id = sim.request("POST", "/prompt", foreign)["prompt_id"]
         # When the worker is SIGKILLed and a new process starts under the same name
         worker.kill()
         restarted = cluster.start_worker("w", sim.url, **FAST_REDELIVERY)
@@ -102,11 +101,6 @@ def test_a_restarted_worker_clears_the_prompts_its_killed_predecessor_left_in_co
         # and both jobs still complete once the broker redelivers them
         assert first.result(timeout_s=90)["status"] == "succeeded"
         assert second.result(timeout_s=90)["status"] == "succeeded"
-
-
-def comfy_queue(sim: Any) -> dict[str, Any]:
-    queue: dict[str, Any] = requests.get(f"{sim.url}/queue", timeout=10).json()
-    return queue
 
 
 def test_a_job_longer_than_the_visibility_timeout_runs_once(
