@@ -190,6 +190,16 @@ JOB_CANCELLED = _code("job.cancelled", JobEnded, "the job was cancelled")
 JOB_BUSY_ELSEWHERE = _code(
     "job.busy_elsewhere", RetryableError, "another worker still holds this job's execution lease"
 )
+JOB_DUPLICATE_DELIVERY = _code(
+    "job.duplicate_delivery", RetryableError,
+    "a redelivered copy of a job that a live run holds; the copy was dropped and the job runs once",
+)
+JOB_ALREADY_ENDED = _code(
+    "job.already_ended", JobEnded, "a redelivered copy of a job that had already ended; the copy was dropped"
+)
+JOB_FENCED = _code(
+    "job.fenced", RetryableError, "another run took this run's execution lease; this run stopped and wrote nothing"
+)
 JOB_WORKER_STOPPED = _code(
     "job.worker_stopped", RetryableError, "the worker was stopped mid-job; the job went back to the queue"
 )

@@ -17,7 +17,6 @@ from producer.celeryconf import LazyConfig, shared_config
 from worker.gate import ComfyGate
 from worker.liveness import Liveness
 from worker.pipeline import concurrency_for
-from worker.refresher import LeaseRefresher
 from worker.runtime import RuntimeStep
 from worker.settings import WorkerSettings
 
@@ -36,9 +35,9 @@ def worker_config(settings: WorkerSettings) -> dict[str, Any]:
     config["broker_transport_options"] = {
         **config["broker_transport_options"],
         # celery#5935: a job still running at the visibility timeout is redelivered to another worker.
-        # Live jobs refresh their entries (worker/lease.py), so the timeout can be short and only
-        # bounds the redelivery of a dead worker's job; with a throttle of 1 every sweep scans, so that
-        # job returns within timeout + interval, not up to ~100 s later.
+        # The heartbeat keeps live jobs' entries fresh (worker/ownership/heartbeat.py), so the timeout can be
+        # short and only bounds the redelivery of a dead worker's job; with a throttle of 1 every sweep
+        # scans, so that job returns within timeout + interval, not up to ~100 s later.
         "visibility_timeout": settings.visibility_timeout_s,
         "unacked_restore_interval": settings.restore_interval_s,
         "unacked_restore_throttle": 1,
@@ -60,8 +59,8 @@ def worker_config(settings: WorkerSettings) -> dict[str, Any]:
         # On a broker connection loss kombu restores the running job's message, so a second copy may
         # start elsewhere. Celery's remedy cancels the local run, then acks or marks the job on a dead
         # connection (a stale ack deletes the live copy's entry: celery-on-redis.md §3). Instead the
-        # local run goes on and the copy waits on the execution lease (worker/leases.py), then returns
-        # the manifest: no job lost, no GPU run wasted.
+        # local run goes on, and a copy that sees the execution lease renewed is dropped
+        # (worker/ownership/leases.py, worker/job.py _claim): no job lost, no GPU run wasted.
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         # Progress and results must outlive a broker restart (AOF reload) rather than fail the job: the
         # STARTED write at the very start of a job fails it "outside the body" unless Celery retries it.
@@ -86,4 +85,3 @@ app.config_from_object(LazyConfig(lambda: worker_config(WorkerSettings.from_env(
 app.steps["worker"].add(RuntimeStep)
 app.steps["consumer"].add(ComfyGate)
 app.steps["consumer"].add(Liveness)
-app.steps["consumer"].add(LeaseRefresher)

@@ -17,26 +17,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from producer import keys
-from producer.errors import JOB_BUSY_ELSEWHERE, JOB_CANCELLED, error
+from producer.errors import (
+    JOB_ALREADY_ENDED,
+    JOB_BUSY_ELSEWHERE,
+    JOB_CANCELLED,
+    JOB_DUPLICATE_DELIVERY,
+    JOB_FENCED,
+    error,
+)
 from producer.redact import redact_url
 from producer.schema import DanceRequest, parse_request
-from worker.cancels import CancelFlag
 from worker.cleanup import JOB_MARK, input_name, output_subfolder
 from worker.comfy_ws import EventSocket
 from worker.inputs import FetchedInput, fetch_input
 from worker.orphans import WORKER_MARK, process_mark
 from worker.outputs import MANIFEST_NAME, store_outputs
-from worker.pipeline import EXECUTING, FINISHING, WAITING
+from worker.ownership.cancels import FENCED, CancelFlag
+from worker.ownership.leases import new_token
+from worker.ownership.registry import Run
+from worker.pipeline import EXECUTING, FINISHING, PREPARING, WAITING
 from worker.progress import ProgressReporter
 from worker.prompt_run import PromptOutcome, PromptRun
 from worker.runtime import Runtime
-from worker.settings import JOB_IO_ALLOWANCE_S
 
 log = logging.getLogger(__name__)
 
-#: Pause between two looks at a job whose execution lease another worker holds, in seconds.
-LEASE_POLL_S = 1.0
+#: Pause between two looks at a job whose execution lease another run holds, in seconds.
+LEASE_POLL_S = 0.5
+#: A lease TTL that grew by more than this between two looks was renewed: its holder lives, in ms.
+RENEWAL_SEEN_MS = 100
 
 
 @dataclass
@@ -61,15 +73,30 @@ class JobContext:
     prompt_id: str | None = None
     #: Moves the job to another pipeline phase (worker/pipeline.py).
     phase: Callable[[str], None] = field(default=lambda _phase: None)
+    #: This run in the worker's registry (worker/ownership/registry.py): its lease, prompt and phase.
+    run: Run | None = None
+    #: This start's number among the job's starts, counted once the run owns the job (0 before).
+    attempt: int = 0
 
 
 def run_job(runtime: Runtime, ctx: JobContext, raw_request: object) -> dict[str, Any]:
     """Run the job to its result dict; raises a :class:`DanceError` on failure."""
     request = parse_request(raw_request)  # never trust the producer's validation
-    finished = _claim(runtime, ctx)
-    if finished is not None:
-        log.info("job %s already has a manifest; returning it without GPU work", ctx.job_id)
-        return finished
+    try:
+        finished = _claim(runtime, ctx)
+        if finished is not None:
+            log.info("job %s already has a manifest; returning it without GPU work", ctx.job_id)
+            return finished
+        ctx.phase(PREPARING)
+        ctx.attempt = count(runtime, keys.attempts(ctx.job_id))
+        if ctx.attempt > 1:
+            log.info("job %s: attempt %d", ctx.job_id, ctx.attempt)
+        return _run_owned(runtime, ctx, request)
+    finally:
+        _release(runtime, ctx)
+
+
+def _run_owned(runtime: Runtime, ctx: JobContext, request: DanceRequest) -> dict[str, Any]:
     if ctx.submitted_at:
         ctx.timings.queued_s = max(0.0, ctx.started_at - ctx.submitted_at)
     job_dir = runtime.work_dir / ctx.job_id
@@ -81,36 +108,75 @@ def run_job(runtime: Runtime, ctx: JobContext, raw_request: object) -> dict[str,
         return _record(runtime, ctx, request, seed, outcome)
     finally:
         shutil.rmtree(job_dir, ignore_errors=True)
-        runtime.prompts_in_flight.discard(ctx.prompt_id or "")
         runtime.janitor.job_done(ctx.job_id, ctx.prompt_id)
-        runtime.leases.release(ctx.job_id)
+
+
+def _release(runtime: Runtime, ctx: JobContext) -> None:
+    token = runtime.registry.drop_lease(ctx.run) if ctx.run is not None else None
+    if token is None:
+        return
+    try:
+        runtime.leases.release(ctx.job_id, token)
+    except redis.RedisError as exc:  # deliberate: the lease then ends by its TTL, and the job's own error wins
+        log.warning("job %s: execution lease not released (%s); it expires by itself", ctx.job_id, exc)
 
 
 def _claim(runtime: Runtime, ctx: JobContext) -> dict[str, Any] | None:
     """Take the job's execution lease, or return the manifest of a run that already finished it.
 
-    A redelivered copy of a job that another live worker still runs (it missed lease refreshes, or the
-    broker presumed it dead) waits here rather than running the job on a second GPU. The wait costs
-    nothing but a worker slot, and this worker keeps the message's own entry fresh meanwhile.
+    A redelivered copy of a job (a broker reconnect restores a running job's message; a sweep restores
+    one whose holder stopped refreshing it) decides quickly, holding a thread but not the GPU:
+
+    * the job already ended (failed or was cancelled for good): the copy is dropped, not run again;
+    * another run holds the lease and renews it (it lives: a run of this worker, or a renewal seen within
+      one lease TTL): the copy is dropped. Its acknowledgement deletes the ``unacked`` entry it shares with
+      the live run (same delivery tag); the live run's heartbeat puts it back (worker/ownership/kombu_compat.py);
+    * the lease expires unrenewed (its holder died): the copy takes it over and runs the job.
     """
-    give_up_at = time.monotonic() + runtime.settings.max_job_deadline_s + JOB_IO_ALLOWANCE_S
+    decide_by = time.monotonic() + runtime.leases.ttl_s + runtime.settings.heartbeat_interval_s
+    seen_ms: int | None = None
     while True:
         finished = _existing_manifest(runtime, ctx.job_id)
         if finished is not None:
             return finished
         _raise_if_cancelled(runtime, ctx)
-        if runtime.leases.try_acquire(ctx.job_id, ctx.hostname):
+        _raise_if_ended(runtime, ctx)
+        token = new_token(ctx.hostname)
+        if runtime.leases.try_acquire(ctx.job_id, token):
+            if ctx.run is not None:
+                runtime.registry.take_lease(ctx.run, token)
             # The holder may have finished between our look at storage and the acquire.
-            finished = _existing_manifest(runtime, ctx.job_id)
-            if finished is not None:
-                runtime.leases.release(ctx.job_id)
-            return finished
-        if time.monotonic() >= give_up_at:
-            raise error(JOB_BUSY_ELSEWHERE, "another worker still holds this job's execution lease",
-                        job_id=ctx.job_id, holder=runtime.leases.holder(ctx.job_id))
-        log.warning("job %s is running on %s; waiting for it to finish or die",
-                    ctx.job_id, runtime.leases.holder(ctx.job_id))
+            return _existing_manifest(runtime, ctx.job_id)
+        holder = runtime.leases.holder(ctx.job_id)
+        remaining_ms = runtime.leases.remaining_ms(ctx.job_id)
+        alive_here = holder is not None and runtime.registry.holder_alive_here(ctx.job_id, holder)
+        if alive_here or (seen_ms is not None and remaining_ms > seen_ms + RENEWAL_SEEN_MS):
+            raise error(JOB_DUPLICATE_DELIVERY, "a live run holds this job; this redelivered copy is dropped",
+                        job_id=ctx.job_id, holder=holder)
+        if time.monotonic() >= decide_by:
+            raise error(JOB_BUSY_ELSEWHERE, "another run holds this job's execution lease and neither renews "
+                        "nor releases it", job_id=ctx.job_id, holder=holder)
+        if seen_ms is None:
+            log.warning("job %s is held by %s; checking that it lives", ctx.job_id, holder)
+        seen_ms = remaining_ms if remaining_ms >= 0 else seen_ms
         ctx.cancel.event.wait(LEASE_POLL_S)
+
+
+def _raise_if_ended(runtime: Runtime, ctx: JobContext) -> None:
+    ended = runtime.redis.get(keys.job_ended(ctx.job_id))
+    if ended is not None:
+        raise error(JOB_ALREADY_ENDED, "the job already ended; this redelivered copy is dropped",
+                    job_id=ctx.job_id, ended=json.loads(ended))
+
+
+def _raise_if_fenced(runtime: Runtime, ctx: JobContext) -> None:
+    """The fence before every write of the job's result: only the lease's holder writes."""
+    token = ctx.run.lease_token if ctx.run is not None else None
+    if ctx.cancel.reason == FENCED or token is None or not runtime.leases.holds(ctx.job_id, token):
+        if ctx.run is not None:
+            runtime.registry.fence(ctx.run)
+        raise error(JOB_FENCED, "another run holds this job's execution lease now; this run writes nothing",
+                    job_id=ctx.job_id)
 
 
 def _existing_manifest(runtime: Runtime, job_id: str) -> dict[str, Any] | None:
@@ -180,7 +246,8 @@ def _execute(runtime: Runtime, ctx: JobContext, graph: dict[str, Any]) -> Prompt
         extra = {JOB_MARK: ctx.job_id, WORKER_MARK: process_mark(ctx.hostname)}
         submitted = runtime.http.queue_prompt(graph, client_id, extra)
         ctx.prompt_id = submitted.prompt_id
-        runtime.prompts_in_flight.add(submitted.prompt_id)
+        if ctx.run is not None:
+            ctx.run.prompt_id = submitted.prompt_id
         ctx.phase(WAITING)
         count(runtime, keys.executions(ctx.job_id))
         log.info("job %s: ComfyUI prompt %s queued", ctx.job_id, submitted.prompt_id)
@@ -201,6 +268,7 @@ def _execute(runtime: Runtime, ctx: JobContext, graph: dict[str, Any]) -> Prompt
 def _record(
     runtime: Runtime, ctx: JobContext, request: DanceRequest, seed: int, outcome: PromptOutcome
 ) -> dict[str, Any]:
+    _raise_if_fenced(runtime, ctx)
     ctx.progress.stage_changed("uploading_outputs")
     began = time.monotonic()
     stored = store_outputs(runtime.http, runtime.storage, ctx.job_id, outcome.outputs)
@@ -220,6 +288,7 @@ def _record(
         "worker": {"hostname": ctx.hostname, "device": runtime.device},
         "comfyui": {"prompt_id": outcome.prompt_id, "cached_nodes": list(outcome.cached_nodes)},
     }
+    _raise_if_fenced(runtime, ctx)
     manifest = runtime.storage.put_bytes(
         f"{ctx.job_id}/{MANIFEST_NAME}", json.dumps(result, indent=2).encode(), "application/json"
     )

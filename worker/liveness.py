@@ -63,7 +63,7 @@ def liveness_record(c: Any, runtime: Runtime) -> dict[str, Any]:
         "consuming": consuming,
         "queues": [queue.name for queue in c.task_consumer.queues] if c.task_consumer else [],
         "device": runtime.device,
-        "jobs": runtime.cancels.running_ids(),
+        "jobs": runtime.registry.job_ids(),
         "ready_after_s": gate.ready_after_s if gate is not None else None,
         "missing": list(gate.verdict.missing) if gate is not None and gate.verdict and not ready else [],
         "updated_at": time.time(),

@@ -21,18 +21,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
 from celery.worker import state as worker_state
 
 from producer.celeryconf import PRIORITY_SEPARATOR, PRIORITY_STEPS
+from worker.ownership.registry import EXECUTING, FINISHING, PREPARING, WAITING, Registry
+
+# The phases live with the runs (worker/ownership/registry.py); job code names them through the pipeline.
+__all__ = ["EXECUTING", "FINISHING", "PREPARING", "WAITING", "ClusterView", "Pipeline", "concurrency_for", "idle_key"]
 
 log = logging.getLogger(__name__)
 
-PREPARING, WAITING, EXECUTING, FINISHING = "preparing", "waiting", "executing", "finishing"
 #: How often the worker refreshes its view of the cluster (idle peers, backlog), in seconds.
 VIEW_REFRESH_S = 0.2
 #: An idle announcement older than this no longer counts, in seconds (the announcer may have died).
@@ -57,40 +59,25 @@ class ClusterView:
 
 
 class Pipeline:
-    def __init__(self, client: redis.Redis, queues: tuple[str, ...], depth: int) -> None:
+    def __init__(self, client: redis.Redis, queues: tuple[str, ...], depth: int, registry: Registry) -> None:
         #: How many jobs may be staged ahead of the executing one (0: the old serial design).
         self.depth = depth
         self.client, self.queues = client, queues
         self.hostname = ""
         self.ready: Callable[[], bool] = lambda: False
         self.view = ClusterView()
-        self._phases: dict[str, str] = {}
-        self._lock = threading.Lock()
+        #: The runs this worker holds, with their phases (worker/ownership/registry.py).
+        self.registry = registry
         self._announced = False
 
     @property
     def concurrency(self) -> int:
         return concurrency_for(self.depth)
 
-    # Phases -------------------------------------------------------------------------------------------
-    @contextmanager
-    def tracking(self, job_id: str) -> Iterator[Callable[[str], None]]:
-        """Track a job from start to end; yields the function that moves it to another phase."""
-        self.enter(job_id, PREPARING)
-        try:
-            yield lambda phase: self.enter(job_id, phase)
-        finally:
-            with self._lock:
-                self._phases.pop(job_id, None)
-
-    def enter(self, job_id: str, phase: str) -> None:
-        with self._lock:
-            self._phases[job_id] = phase
-
     def counts(self) -> tuple[int, int, int]:
-        """(staged, executing, total): staged includes messages received whose job has not started."""
-        with self._lock:
-            phases = list(self._phases.values())
+        """(staged, executing, total): staged includes messages received whose job has not started, and not
+        a redelivered copy that is only deciding whether the job's lease holder lives (it holds no GPU)."""
+        phases = [run.phase for run in self.registry.runs()]
         unstarted = max(0, len(worker_state.reserved_requests) - len(phases))
         staged = unstarted + sum(phase in (PREPARING, WAITING) for phase in phases)
         executing = sum(phase == EXECUTING for phase in phases)
@@ -109,8 +96,7 @@ class Pipeline:
 
     def should_hand_back(self, job_id: str) -> bool:
         """A message that reached this worker while it is busy and a peer is idle goes back to the queue."""
-        with self._lock:
-            others = [phase for job, phase in self._phases.items() if job != job_id]
+        others = [run.phase for run in self.registry.runs() if run.job_id != job_id]
         busy = any(phase in (PREPARING, WAITING, EXECUTING) for phase in others)
         return busy and self.view.idle_peers > self.view.backlog
 

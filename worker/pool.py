@@ -20,8 +20,10 @@ from celery.worker import state as worker_state
 class TaskPool(ThreadTaskPool):
     def terminate_job(self, pid: int, signal: Any = None) -> None:
         # Every thread shares the process pid, so the pid cannot say which job to stop; the revoked
-        # set can. A terminate that is not a revoke comes from a cold or soft shutdown: every
-        # running job then stops and hands its message back.
+        # set can, matched against every request this worker accepted (a job accepted but not yet
+        # registered as a run learns of its revoke when it registers). A terminate that matches none
+        # comes from a cold or soft shutdown: every running job then stops and hands its message back.
         runtime = getattr(self.app, "dance_runtime", None)
         if runtime is not None:
-            runtime.cancels.terminate(revoked=set(worker_state.revoked))
+            held = {request.id for request in [*worker_state.reserved_requests, *worker_state.active_requests]}
+            runtime.registry.terminate(revoked=set(worker_state.revoked), held_job_ids=held)

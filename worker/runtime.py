@@ -11,15 +11,18 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 from celery import bootsteps, signals
+from celery.worker import state as worker_state
 from redis.backoff import AbstractBackoff
 from redis.retry import Retry
 
 from producer.redisurl import redis_client
 from worker.backoff import Backoff
-from worker.cancels import CancelRegistry
 from worker.cleanup import InFlight, Janitor
 from worker.comfy_http import ComfyHttp
-from worker.leases import ExecutionLeases
+from worker.ownership.heartbeat import Heartbeat
+from worker.ownership.kombu_compat import UnackedIndex
+from worker.ownership.leases import ExecutionLeases
+from worker.ownership.registry import Registry
 from worker.pipeline import Pipeline
 from worker.settings import WorkerSettings
 from worker.storage import Storage, open_storage
@@ -35,6 +38,9 @@ REDIS_TIMEOUT_S = 5.0
 #: Retries of a bookkeeping call while the broker is away: about 30 s in all with this backoff.
 REDIS_RETRIES = 12
 REDIS_RETRY_BACKOFF = Backoff(base_s=0.1, cap_s=4.0)
+#: Timeout of the heartbeat's own Redis calls, in seconds: it retries on its own, fast, and must never
+#: hang on a dead connection while leases run out.
+HEARTBEAT_REDIS_TIMEOUT_S = 2.0
 
 
 class RedisBackoff(AbstractBackoff):
@@ -57,10 +63,10 @@ class Runtime:
     #: A plain client of the broker's Redis, for the job bookkeeping keys of producer/keys.py.
     redis: redis.Redis
     leases: ExecutionLeases
+    #: Every run this worker holds (worker/ownership/registry.py).
+    registry: Registry
     pipeline: Pipeline
-    cancels: CancelRegistry = field(default_factory=CancelRegistry)
-    #: ComfyUI prompt ids of the jobs this worker is running now; cleanup leaves their history alone.
-    prompts_in_flight: set[str] = field(default_factory=set)
+    heartbeat: Heartbeat
     gate: ComfyGate | None = None
     #: The device ComfyUI runs on, as its /system_stats names it; set by the gate.
     device: str | None = None
@@ -72,10 +78,10 @@ class Runtime:
 
     def in_flight(self) -> InFlight:
         """Prompts and jobs of this worker that are still running: cleanup leaves them alone."""
-        return InFlight(frozenset(self.prompts_in_flight), frozenset(self.cancels.running_ids()))
+        return InFlight(self.registry.prompt_ids(), frozenset(self.registry.job_ids()))
 
     @classmethod
-    def build(cls, settings: WorkerSettings) -> Runtime:
+    def build(cls, settings: WorkerSettings, global_keyprefix: str = "") -> Runtime:
         work_dir = settings.work_dir or Path(tempfile.mkdtemp(prefix="dance-worker-"))
         work_dir.mkdir(parents=True, exist_ok=True)
         client = redis_client(
@@ -85,6 +91,14 @@ class Runtime:
             retry=Retry(RedisBackoff(REDIS_RETRY_BACKOFF), REDIS_RETRIES),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
+        registry = Registry()
+        leases = ExecutionLeases(client, ttl_s=settings.lease_ttl_s)
+        beat_client = redis_client(
+            settings.broker_url, settings.sentinel_master,
+            socket_timeout=HEARTBEAT_REDIS_TIMEOUT_S, socket_connect_timeout=HEARTBEAT_REDIS_TIMEOUT_S,
+        )
+        heartbeat = Heartbeat(registry, leases, UnackedIndex(beat_client, global_keyprefix), beat_client,
+                              interval_s=settings.heartbeat_interval_s, held_tags=held_delivery_tags)
         return cls(
             settings=settings,
             workflow=load_workflow(settings.workflow_path),
@@ -92,8 +106,10 @@ class Runtime:
             storage=open_storage(settings.storage_url, presign_expires_s=settings.presign_expires_s),
             work_dir=work_dir,
             redis=client,
-            leases=ExecutionLeases(client, ttl_s=settings.visibility_timeout_s),
-            pipeline=Pipeline(client, settings.queues, settings.pipeline_depth),
+            leases=leases,
+            registry=registry,
+            pipeline=Pipeline(client, settings.queues, settings.pipeline_depth, registry),
+            heartbeat=heartbeat,
         )
 
     def drain(self, sig: str | None = None, how: str | None = None, **_: Any) -> None:
@@ -103,11 +119,11 @@ class Runtime:
         if how == "Warm" and self.settings.drain_s > 0:
             log.warning("%s: draining; the running job has %.0fs to finish before it is handed back",
                         sig, self.settings.drain_s)
-            timer = threading.Timer(self.settings.drain_s, self.cancels.shutdown_all)
+            timer = threading.Timer(self.settings.drain_s, self.registry.shutdown_all)
             timer.daemon = True
             timer.start()
         else:
-            self.cancels.shutdown_all()
+            self.registry.shutdown_all()
 
     @staticmethod
     def current(app: Any) -> Runtime:
@@ -116,6 +132,18 @@ class Runtime:
             raise RuntimeError("the dance runtime is built by the worker's RuntimeStep; "
                                "start workers with `dance worker` or `celery -A worker.app worker`")
         return runtime  # type: ignore[no-any-return]
+
+
+def held_delivery_tags() -> list[str]:
+    """Delivery tags of every message this worker holds (read from the heartbeat's thread)."""
+    for _ in range(3):
+        try:
+            requests = list(worker_state.reserved_requests)
+        except RuntimeError:  # the event loop changed the set while we copied it; try again
+            continue
+        return [str(request.message.delivery_tag) for request in requests
+                if getattr(request, "message", None) is not None]
+    return []
 
 
 class RuntimeStep(bootsteps.StartStopStep):
@@ -131,10 +159,17 @@ class RuntimeStep(bootsteps.StartStopStep):
     def __init__(self, w: Any, **kwargs: Any) -> None:
         super().__init__(w, **kwargs)
         settings: WorkerSettings = w.app.conf["dance_settings"]
-        runtime = w.app.dance_runtime = Runtime.build(settings)
+        prefix = str((w.app.conf.broker_transport_options or {}).get("global_keyprefix", ""))
+        runtime = w.app.dance_runtime = Runtime.build(settings, global_keyprefix=prefix)
         signals.worker_shutting_down.connect(runtime.drain, weak=False)
+        # worker_shutdown comes after the pool has drained (WorkController.stop): the heartbeat must outlive
+        # every running job, so it is not stopped with the steps.
+        signals.worker_shutdown.connect(lambda **_: runtime.heartbeat.stop(), weak=False)
         log.info("dance runtime: workflow %s, ComfyUI %s, storage %s",
                  settings.workflow_path, settings.comfyui_url, settings.storage_url)
+
+    def start(self, w: Any) -> None:
+        Runtime.current(w.app).heartbeat.start()
 
     def shutdown(self, w: Any) -> None:
         """The worker stops: let the cleanups already handed over finish."""

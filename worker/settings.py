@@ -35,8 +35,12 @@ JOB_IO_ALLOWANCE_S = 900.0
 #: Redis visibility timeout, in seconds. Live jobs keep their messages fresh (worker/lease.py), so
 #: this only bounds how long a dead worker's job waits before it is redelivered.
 DEFAULT_VISIBILITY_TIMEOUT_S = 40.0
-#: Shortest visibility timeout, in seconds: the lease refresher needs a few beats within it.
+#: Shortest visibility timeout, in seconds: the heartbeat needs a few beats within it.
 MIN_VISIBILITY_TIMEOUT_S = 4.0
+#: Heartbeats per visibility timeout: three may be missed before a live job's message looks dead.
+HEARTBEATS_PER_TIMEOUT = 4
+#: Beats a lease must outlast at the least: its TTL is never below this many heartbeat intervals.
+MIN_BEATS_PER_LEASE = 3
 #: Longest pause between two sweeps that return expired messages, in seconds.
 MAX_RESTORE_INTERVAL_S = 5
 #: Jobs a worker stages (downloads, uploads, queues in ComfyUI) while another executes; 0 is the old
@@ -92,6 +96,9 @@ class WorkerSettings:
     job_deadline_s: float = DEFAULT_JOB_DEADLINE_S
     max_job_deadline_s: float = DEFAULT_MAX_JOB_DEADLINE_S
     visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S
+    #: TTL of a job's execution lease, in seconds; None: the visibility timeout, so a dead worker's
+    #: lease has expired by the time its message is redelivered.
+    lease_ttl_override_s: float | None = None
     result_expires_s: int = DEFAULT_RESULT_EXPIRES_S
     comfyui_http_timeout_s: float = DEFAULT_COMFYUI_HTTP_TIMEOUT_S
     presign_expires_s: int = DEFAULT_PRESIGN_EXPIRES_S
@@ -114,6 +121,15 @@ class WorkerSettings:
         ``visibility_timeout_s + restore_interval_s``."""
         return max(1, min(MAX_RESTORE_INTERVAL_S, int(self.visibility_timeout_s / 2)))
 
+    @property
+    def heartbeat_interval_s(self) -> float:
+        """Seconds between two heartbeats (lease renewals and held-message refreshes)."""
+        return self.visibility_timeout_s / HEARTBEATS_PER_TIMEOUT
+
+    @property
+    def lease_ttl_s(self) -> float:
+        return self.lease_ttl_override_s if self.lease_ttl_override_s is not None else self.visibility_timeout_s
+
     def __post_init__(self) -> None:
         if self.visibility_timeout_s < MIN_VISIBILITY_TIMEOUT_S:
             raise error(
@@ -121,6 +137,13 @@ class WorkerSettings:
                 f"DANCE_VISIBILITY_TIMEOUT_S={self.visibility_timeout_s:g} is below {MIN_VISIBILITY_TIMEOUT_S:g}s; "
                 "live jobs refresh their lease four times per timeout",
                 visibility_timeout_s=self.visibility_timeout_s,
+            )
+        if self.lease_ttl_s < MIN_BEATS_PER_LEASE * self.heartbeat_interval_s:
+            raise error(
+                CONFIG_INVALID,
+                f"DANCE_LEASE_TTL_S={self.lease_ttl_s:g} is below {MIN_BEATS_PER_LEASE} heartbeats "
+                f"({MIN_BEATS_PER_LEASE * self.heartbeat_interval_s:g}s at this visibility timeout)",
+                lease_ttl_s=self.lease_ttl_s, heartbeat_interval_s=self.heartbeat_interval_s,
             )
         if not 0 < self.job_deadline_s <= self.max_job_deadline_s:
             raise error(
@@ -153,6 +176,7 @@ class WorkerSettings:
             job_deadline_s=env_float(env, "DANCE_JOB_DEADLINE_S", DEFAULT_JOB_DEADLINE_S),
             max_job_deadline_s=max_deadline,
             visibility_timeout_s=env_float(env, "DANCE_VISIBILITY_TIMEOUT_S", DEFAULT_VISIBILITY_TIMEOUT_S),
+            lease_ttl_override_s=env_float(env, "DANCE_LEASE_TTL_S", 0.0) or None,
             drain_s=env_float(env, "DANCE_DRAIN_S", DEFAULT_DRAIN_S),
             pipeline_depth=env_int(env, "DANCE_PIPELINE_DEPTH", DEFAULT_PIPELINE_DEPTH),
             sentinel_master=env.get("DANCE_SENTINEL_MASTER") or None,

@@ -8,7 +8,10 @@ Outcomes, by branch of the error tree:
   the queue, at most ``DANCE_MAX_ATTEMPTS`` starts in all, then the job fails with the last code;
 * a retryable error of a media host (5xx, timeout): already retried within the download, so the job
   fails with its code;
-* a cancel: the job ends REVOKED; a worker shutdown: the job goes back to the queue.
+* a cancel: the job ends REVOKED; a worker shutdown: the job goes back to the queue;
+* a run that does not own the job (a redelivered copy while a live run holds it, a copy of a job that
+  already ended, a run fenced because another run took its lease): the run ends without touching the
+  job's state, which belongs to the owning run.
 """
 
 from __future__ import annotations
@@ -16,12 +19,17 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from celery.exceptions import Ignore, Reject
+from celery.worker import state as worker_state
 
-from producer import keys
 from producer.celeryconf import TASK_NAME
 from producer.errors import (
+    BROKER_UNREACHABLE,
+    JOB_ALREADY_ENDED,
     JOB_CANCELLED,
+    JOB_DUPLICATE_DELIVERY,
+    JOB_FENCED,
     JOB_WORKER_STOPPED,
     ComfyUnavailable,
     DanceError,
@@ -30,8 +38,9 @@ from producer.errors import (
     error,
 )
 from worker.app import app
-from worker.cancels import REVOKED, SHUTDOWN, CancelFlag
-from worker.job import JobContext, count, run_job
+from worker.job import JobContext, run_job
+from worker.ownership.cancels import FENCED, REVOKED, SHUTDOWN, CancelFlag
+from worker.ownership.kombu_compat import HeldMessage, held_message
 from worker.progress import ProgressReporter
 from worker.runtime import Runtime
 
@@ -39,6 +48,8 @@ log = logging.getLogger(__name__)
 
 #: State of a job handed back to the queue after a transient failure, until a worker starts it again.
 REQUEUED_STATE = "REQUEUED"
+#: Codes of a run that does not own its job: it ends leaving the job's state alone.
+NOT_OURS = frozenset({JOB_DUPLICATE_DELIVERY, JOB_ALREADY_ENDED, JOB_FENCED})
 
 
 @app.task(bind=True, name=TASK_NAME, acks_late=True, reject_on_worker_lost=True, throws=(PermanentError,),
@@ -54,39 +65,49 @@ def generate(
         # Not an attempt: nothing ran.
         log.info("job %s: handed back to the queue, a peer is idle while this GPU is busy", job_id)
         raise Reject("handed back to an idle peer", requeue=True)
-    attempt = _count_attempt(runtime, job_id)
-    with runtime.cancels.running(job_id) as flag, runtime.pipeline.tracking(job_id) as move:
+    revoked = job_id in worker_state.revoked
+    with runtime.registry.holding(job_id, _held_message(job_id), revoked=revoked) as run:
         ctx = JobContext(
             job_id=job_id,
             hostname=self.request.hostname or "",
             deadline_s=min(deadline_s or settings.job_deadline_s, settings.max_job_deadline_s),
             submitted_at=submitted_at,
-            cancel=flag,
+            cancel=run.cancel,
             progress=ProgressReporter(self, job_id),
-            phase=move,
+            phase=lambda phase: setattr(run, "phase", phase),
+            run=run,
         )
         try:
             return run_job(runtime, ctx, request)
+        except redis.RedisError as exc:
+            # The bookkeeping client already retried for about 30 s: hand the job back rather than fail it.
+            broker = error(BROKER_UNREACHABLE, f"the broker did not answer: {type(exc).__name__}", job_id=job_id)
+            _settle(self, runtime, run.cancel, broker, ctx.attempt)
+            raise broker from exc
         except DanceError as exc:
-            _settle(self, runtime, flag, exc, attempt)
+            _settle(self, runtime, run.cancel, exc, ctx.attempt)
             raise
 
 
-def _count_attempt(runtime: Runtime, job_id: str) -> int:
-    attempt = count(runtime, keys.attempts(job_id))
-    if attempt > 1:
-        log.info("job %s: attempt %d", job_id, attempt)
-    return attempt
+def _held_message(job_id: str) -> HeldMessage | None:
+    """The message this task runs for, as the heartbeat needs it (copies of one job share it)."""
+    for request in list(worker_state.active_requests):
+        if request.id == job_id and getattr(request, "message", None) is not None:
+            return held_message(request.message)
+    return None
 
 
 def _settle(task: Any, runtime: Runtime, flag: CancelFlag, exc: DanceError, attempt: int) -> None:
     """Turn a cancel, a shutdown or a retryable error into Celery's terms; return to let ``exc`` fail the job."""
     job_id = task.request.id
+    if exc.code in NOT_OURS or (exc.code == JOB_CANCELLED and flag.reason == FENCED):
+        log.warning("job %s: %s; this run ends without touching the job's state", job_id, exc)
+        raise Ignore() from exc
     if exc.code == JOB_CANCELLED:
         if flag.reason == SHUTDOWN:
             log.warning("job %s: worker shutting down; handing the job back to the queue", job_id)
             stopped = error(JOB_WORKER_STOPPED, "the worker was stopped mid-job; the job went back to the queue")
-            task.update_state(state=REQUEUED_STATE, meta={"job_id": job_id, "attempt": attempt, **stopped.as_dict()})
+            _mark_requeued(task, job_id, attempt, stopped)
             raise Reject(str(stopped), requeue=True) from exc
         if flag.reason != REVOKED:
             # Cancelled through the Redis marker: no revoke reached this worker, so the state is ours to set.
@@ -103,5 +124,12 @@ def _settle(task: Any, runtime: Runtime, flag: CancelFlag, exc: DanceError, atte
         runtime.gate.mark_down()  # detach before requeueing, or this worker takes the job right back
     log.warning("job %s: %s; handing the job back to the queue (attempt %d of %d)",
                 job_id, exc, attempt, runtime.settings.max_attempts)
-    task.update_state(state=REQUEUED_STATE, meta={"job_id": job_id, "attempt": attempt, **exc.as_dict()})
+    _mark_requeued(task, job_id, attempt, exc)
     raise Reject(str(exc), requeue=True) from exc
+
+
+def _mark_requeued(task: Any, job_id: str, attempt: int, exc: DanceError) -> None:
+    try:
+        task.update_state(state=REQUEUED_STATE, meta={"job_id": job_id, "attempt": attempt, **exc.as_dict()})
+    except redis.RedisError as state_exc:  # deliberate: the handback matters more than the state shown meanwhile
+        log.warning("job %s: REQUEUED state not recorded (%s)", job_id, state_exc)
