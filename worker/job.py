@@ -25,6 +25,7 @@ from worker.cancels import CancelFlag
 from worker.cleanup import JOB_MARK, input_name, output_subfolder
 from worker.comfy_ws import EventSocket
 from worker.inputs import FetchedInput, fetch_input
+from worker.jobid import checked_job_id
 from worker.orphans import WORKER_MARK, process_mark
 from worker.outputs import MANIFEST_NAME, store_outputs
 from worker.pipeline import EXECUTING, FINISHING, WAITING
@@ -72,7 +73,7 @@ def run_job(runtime: Runtime, ctx: JobContext, raw_request: object) -> dict[str,
         return finished
     if ctx.submitted_at:
         ctx.timings.queued_s = max(0.0, ctx.started_at - ctx.submitted_at)
-    job_dir = runtime.work_dir / ctx.job_id
+    job_dir = runtime.work_dir / checked_job_id(ctx.job_id)
     job_dir.mkdir(parents=True, exist_ok=True)
     try:
         image, video = _fetch_inputs(runtime, ctx, request, job_dir)
