@@ -18,6 +18,7 @@ from worker.gate import ComfyGate
 from worker.liveness import Liveness
 from worker.pipeline import concurrency_for
 from worker.refresher import LeaseRefresher
+from worker.result_backend import OVERRIDE_BACKENDS
 from worker.runtime import RuntimeStep
 from worker.settings import WorkerSettings
 
@@ -35,8 +36,9 @@ def worker_config(settings: WorkerSettings) -> dict[str, Any]:
                            settings.sentinel_master)
     config["broker_transport_options"] = {
         **config["broker_transport_options"],
-        # celery#5935: a job still running at the visibility timeout is redelivered to another worker.
-        # Live jobs refresh their entries (worker/lease.py), so the timeout can be short and only
+        # celery#5935: a job still running at the visibility timeout is redelivered to another worker
+        # (docs/celery-on-redis.md#visibility-timeout). Live jobs refresh their entries
+        # (worker/refresher.py, docs/celery-on-redis.md#lease-refresh), so the timeout can be short and only
         # bounds the redelivery of a dead worker's job; with a throttle of 1 every sweep scans, so that
         # job returns within timeout + interval, not up to ~100 s later.
         "visibility_timeout": settings.visibility_timeout_s,
@@ -45,10 +47,13 @@ def worker_config(settings: WorkerSettings) -> dict[str, Any]:
     }
     config.update({
         "dance_settings": settings,
+        # result_extended stores the task's kwargs; these backends store them with URLs redacted.
+        "override_backends": OVERRIDE_BACKENDS,
         "task_queues": [Queue(name, routing_key=name) for name in settings.queues],  # type: ignore[no-untyped-call]
         "task_default_queue": settings.queues[0],
         # Ack only after the job ended, so a worker that dies mid-job leaves its message to be redelivered;
-        # celery#1628: without reject_on_worker_lost, a pool child killed (OOM) mid-job is acked and lost.
+        # celery#1628: without reject_on_worker_lost, a pool child killed (OOM) mid-job is acked and lost
+        # (docs/celery-on-redis.md#reject-on-worker-lost).
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
@@ -59,7 +64,7 @@ def worker_config(settings: WorkerSettings) -> dict[str, Any]:
         "worker_deduplicate_successful_tasks": True,
         # On a broker connection loss kombu restores the running job's message, so a second copy may
         # start elsewhere. Celery's remedy cancels the local run, then acks or marks the job on a dead
-        # connection (a stale ack deletes the live copy's entry: celery-on-redis.md §3). Instead the
+        # connection (a stale ack deletes the live copy's entry: docs/celery-on-redis.md#stale-acks). Instead the
         # local run goes on and the copy waits on the execution lease (worker/leases.py), then returns
         # the manifest: no job lost, no GPU run wasted.
         "worker_cancel_long_running_tasks_on_connection_loss": False,
