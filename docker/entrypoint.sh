@@ -10,7 +10,7 @@
 #     may finish), escalates to SIGQUIT after DANCE_SOFT_SHUTDOWN_S (a cold shutdown: the job stops and
 #     its message goes back to the queue), and stops ComfyUI only once the worker is gone, because the
 #     running job needs ComfyUI until then. Set DANCE_SOFT_SHUTDOWN_S to the stop grace period minus 5 s.
-#     This is Celery's soft shutdown (shared/notes/celery-on-redis.md section 6) done from outside, and
+#     This is Celery's soft shutdown (docs/celery-on-redis.md#graceful-shutdown) done from outside, and
 #     it ends as soon as the job does instead of sleeping out a fixed window.
 # Given arguments, it runs them instead (Flower, `dance models`, a shell).
 set -euo pipefail

@@ -276,7 +276,7 @@ def _as_uri(value: Any) -> Any:
 
 
 def check_batch_id(batch_id: str) -> str:
-    if not isinstance(batch_id, str) or not JOB_ID_PATTERN.match(batch_id) or len(batch_id) > MAX_BATCH_ID_CHARS:
+    if not isinstance(batch_id, str) or not JOB_ID_PATTERN.fullmatch(batch_id) or len(batch_id) > MAX_BATCH_ID_CHARS:
         raise error(BATCH_INVALID, f"batch id {batch_id!r} must be 1-{MAX_BATCH_ID_CHARS} characters of letters, "
                     "digits, '.', '_' or '-', starting with a letter or digit", batch_id=str(batch_id))
     return batch_id

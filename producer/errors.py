@@ -151,6 +151,9 @@ INPUT_WRONG_KIND = _code(
 INPUT_CORRUPT = _code("input.corrupt", InputRejected, "the media is truncated or cannot be decoded")
 INPUT_SCHEME = _code("input.scheme_unsupported", InputRejected, "the URL scheme is not http, https or s3")
 INPUT_BLOCKED = _code("input.address_blocked", InputRejected, "the URL leads to a private or internal address")
+INPUT_INSECURE_REDIRECT = _code(
+    "input.insecure_redirect", InputRejected, "an https media URL redirects to plain http"
+)
 INPUT_REDIRECTS = _code("input.too_many_redirects", InputRejected, "the URL redirects too often or in a loop")
 INPUT_FORBIDDEN = _code("input.forbidden", InputRejected, "the media host or bucket denied access (401/403)")
 INPUT_SERVER_ERROR = _code("input.server_error", InputUnavailable, "the media host failed (5xx) after retries")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 
@@ -23,3 +24,14 @@ URL_IN_TEXT = re.compile(r"https?://[^\s'\"<>\[\]{}]+")
 def redact_urls_in(text: str) -> str:
     """``text`` with every http(s) URL in it redacted as :func:`redact_url` does."""
     return URL_IN_TEXT.sub(lambda match: redact_url(match.group(0)), text)
+
+
+def redact_urls_deep(value: Any) -> Any:
+    """``value`` (JSON-like: dicts, lists, tuples, strings) with every http(s) URL inside redacted."""
+    if isinstance(value, str):
+        return redact_urls_in(value)
+    if isinstance(value, dict):
+        return {key: redact_urls_deep(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(redact_urls_deep(item) for item in value)
+    return value

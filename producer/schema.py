@@ -61,10 +61,12 @@ DEFAULT_NEGATIVE_PROMPT = (
     "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，"
     "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
 )
-#: Job ids become storage key components, so they are restricted to a safe alphabet.
-JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-#: Queue names: Celery routing keys without surprises.
-QUEUE_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+#: Job ids become Redis keys, storage keys, folder names and the ``webhook-id`` header, so they are
+#: restricted to a safe alphabet. Always use ``fullmatch``: ``$`` also matches before a final newline,
+#: so ``match`` would let ``"abc\n"`` through.
+JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+#: Queue names: Celery routing keys without surprises (``fullmatch`` them too).
+QUEUE_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 #: Celery's Redis priorities run 0 (first) to 9 (last).
 MIN_PRIORITY, MAX_PRIORITY = 0, 9
 #: Media reference schemes a request may carry (a producer turns local files into storage URIs).
@@ -238,7 +240,7 @@ def _type_name(value: object) -> str:
 
 
 def check_job_id(job_id: str) -> str:
-    if not isinstance(job_id, str) or not JOB_ID_PATTERN.match(job_id):
+    if not isinstance(job_id, str) or not JOB_ID_PATTERN.fullmatch(job_id):
         raise error(
             REQUEST_BAD_OPTION,
             "job_id must be 1-128 characters of letters, digits, '.', '_' or '-', starting with a letter or digit",
@@ -248,7 +250,7 @@ def check_job_id(job_id: str) -> str:
 
 
 def check_queue(queue: str) -> str:
-    if not isinstance(queue, str) or not QUEUE_PATTERN.match(queue):
+    if not isinstance(queue, str) or not QUEUE_PATTERN.fullmatch(queue):
         raise error(REQUEST_BAD_OPTION, f"queue {queue!r} is not a valid queue name", option="queue")
     return queue
 

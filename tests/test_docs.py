@@ -23,3 +23,20 @@ def test_every_environment_variable_the_code_reads_is_in_the_configuration_table
     assert names, "the settings modules read no variables?"
     for name in sorted(names):
         assert f"| `{name}` |" in README, name
+
+
+def _anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_link_into_the_celery_on_redis_notes_names_one_of_their_sections() -> None:
+    notes = (ROOT / "docs" / "celery-on-redis.md").read_text()
+    anchors = {_anchor(line[3:]) for line in notes.splitlines() if line.startswith("## ")}
+    tracked = [p for folder in ("producer", "worker", "tests", "docker") for p in (ROOT / folder).rglob("*")
+               if p.suffix in {".py", ".md", ".yaml", ".sh"}]
+    tracked += [ROOT / "README.md", ROOT / "RELIABILITY.md", ROOT / "compose.yaml"]
+    links = {(path.name, anchor) for path in tracked
+             for anchor in re.findall(r"celery-on-redis\.md#([\w-]+)", path.read_text())}
+    assert links, "nothing links to the notes?"
+    assert sorted(link for link in links if link[1] not in anchors) == []

@@ -17,6 +17,7 @@ from producer.celeryconf import LazyConfig, shared_config
 from worker.gate import ComfyGate
 from worker.liveness import Liveness
 from worker.pipeline import concurrency_for
+from worker.result_backend import OVERRIDE_BACKENDS
 from worker.runtime import RuntimeStep
 from worker.settings import WorkerSettings
 
@@ -34,20 +35,24 @@ def worker_config(settings: WorkerSettings) -> dict[str, Any]:
                            settings.sentinel_master)
     config["broker_transport_options"] = {
         **config["broker_transport_options"],
-        # celery#5935: a job still running at the visibility timeout is redelivered to another worker.
-        # The heartbeat keeps live jobs' entries fresh (worker/ownership/heartbeat.py), so the timeout can be
-        # short and only bounds the redelivery of a dead worker's job; with a throttle of 1 every sweep
-        # scans, so that job returns within timeout + interval, not up to ~100 s later.
+        # celery#5935: a job still running at the visibility timeout is redelivered to another worker
+        # (docs/celery-on-redis.md#visibility-timeout). The heartbeat keeps live jobs' entries fresh
+        # (worker/ownership/heartbeat.py, docs/celery-on-redis.md#lease-refresh), so the timeout can be short
+        # and only bounds the redelivery of a dead worker's job; with a throttle of 1 every sweep scans, so
+        # that job returns within timeout + interval, not up to ~100 s later.
         "visibility_timeout": settings.visibility_timeout_s,
         "unacked_restore_interval": settings.restore_interval_s,
         "unacked_restore_throttle": 1,
     }
     config.update({
         "dance_settings": settings,
+        # result_extended stores the task's kwargs; these backends store them with URLs redacted.
+        "override_backends": OVERRIDE_BACKENDS,
         "task_queues": [Queue(name, routing_key=name) for name in settings.queues],  # type: ignore[no-untyped-call]
         "task_default_queue": settings.queues[0],
         # Ack only after the job ended, so a worker that dies mid-job leaves its message to be redelivered;
-        # celery#1628: without reject_on_worker_lost, a pool child killed (OOM) mid-job is acked and lost.
+        # celery#1628: without reject_on_worker_lost, a pool child killed (OOM) mid-job is acked and lost
+        # (docs/celery-on-redis.md#reject-on-worker-lost).
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
@@ -58,8 +63,8 @@ def worker_config(settings: WorkerSettings) -> dict[str, Any]:
         "worker_deduplicate_successful_tasks": True,
         # On a broker connection loss kombu restores the running job's message, so a second copy may
         # start elsewhere. Celery's remedy cancels the local run, then acks or marks the job on a dead
-        # connection (a stale ack deletes the live copy's entry: celery-on-redis.md §3). Instead the
-        # local run goes on, and a copy that sees the execution lease renewed is dropped
+        # connection (a stale ack deletes the live copy's entry: docs/celery-on-redis.md#stale-acks). Instead
+        # the local run goes on, and a copy that sees the execution lease renewed is dropped
         # (worker/ownership/leases.py, worker/job.py _claim): no job lost, no GPU run wasted.
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         # Progress and results must outlive a broker restart (AOF reload) rather than fail the job: the

@@ -7,7 +7,7 @@ Contract:
   worker reserves nothing (a message queued meanwhile stays in Redis for a ready worker to take).
 * It never blocks the event loop: a probe thread decides readiness, and a hub timer attaches or
   detaches the queues, so every kombu call runs on the loop's thread. Ping, heartbeats, remote control
-  and warm shutdown keep working while it waits (shared/notes/celery-on-redis.md §1: blocking gates
+  and warm shutdown keep working while it waits (docs/celery-on-redis.md#readiness-gate: blocking gates
   hide the worker from ping and Flower and ignore SIGTERM).
 * It holds Celery's ``worker_ready`` signal (and the "ready." log line that comes with it) until the
   first time ComfyUI is ready: the consumer's ``init_callback`` is taken away and called on attach.
@@ -124,7 +124,8 @@ class ComfyGate(bootsteps.StartStopStep):
         """ComfyUI died under a running job: detach now, before the job requeues its message.
 
         ``call_soon`` is FIFO on the hub, so the detach runs before the job's reject callback; without
-        it the worker re-consumed its own rejected message 82 times in 0.9 s (celery-on-redis.md §2).
+        it the worker re-consumed its own rejected message 82 times in 0.9 s
+        (docs/celery-on-redis.md#reject-with-requeue-goes-to-the-back).
         """
         self._lost()
         self.consumer.call_soon(self._tick, self.consumer)

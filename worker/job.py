@@ -33,6 +33,7 @@ from producer.schema import DanceRequest, parse_request
 from worker.cleanup import JOB_MARK, input_name, output_subfolder
 from worker.comfy_ws import EventSocket
 from worker.inputs import FetchedInput, fetch_input
+from worker.jobid import checked_job_id
 from worker.orphans import WORKER_MARK, process_mark
 from worker.outputs import MANIFEST_NAME, store_outputs
 from worker.ownership.cancels import FENCED, CancelFlag
@@ -99,7 +100,7 @@ def run_job(runtime: Runtime, ctx: JobContext, raw_request: object) -> dict[str,
 def _run_owned(runtime: Runtime, ctx: JobContext, request: DanceRequest) -> dict[str, Any]:
     if ctx.submitted_at:
         ctx.timings.queued_s = max(0.0, ctx.started_at - ctx.submitted_at)
-    job_dir = runtime.work_dir / ctx.job_id
+    job_dir = runtime.work_dir / checked_job_id(ctx.job_id)
     job_dir.mkdir(parents=True, exist_ok=True)
     try:
         image, video = _fetch_inputs(runtime, ctx, request, job_dir)

@@ -8,6 +8,7 @@ from typing import Any
 
 from producer.errors import COMFY_NO_OUTPUTS, error
 from worker.comfy_http import ComfyHttp, OutputFile
+from worker.jobid import checked_job_id
 from worker.storage import Storage
 
 #: Name of the manifest written last under ``<prefix>/<job_id>/``.
@@ -42,11 +43,12 @@ def storage_names(outputs: list[OutputFile]) -> list[str]:
 def store_outputs(http: ComfyHttp, storage: Storage, job_id: str, outputs: list[OutputFile]) -> list[dict[str, Any]]:
     if not outputs:
         raise error(COMFY_NO_OUTPUTS, "ComfyUI finished the prompt but no node saved a file", job_id=job_id)
+    prefix = checked_job_id(job_id)
     stored = []
     for item, name in zip(outputs, storage_names(outputs), strict=True):
         content_type = mimetypes.guess_type(item.filename)[0] or "application/octet-stream"
         with http.view(item) as body:
-            obj = storage.put_stream(f"{job_id}/{name}", body, content_type)
+            obj = storage.put_stream(f"{prefix}/{name}", body, content_type)
         stored.append({
             "kind": output_kind(item),
             "uri": obj.uri,

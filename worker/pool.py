@@ -2,7 +2,8 @@
 
 Why threads: the task is an I/O-bound client of ComfyUI (ComfyUI does the GPU work), and running it
 in the worker's own process lets it talk to the readiness gate. The solo pool is deaf to ping and
-loses its job on cold shutdown; prefork cannot share the gate (celery-on-redis.md §4).
+loses its job on cold shutdown; prefork cannot share the gate
+(docs/celery-on-redis.md#thread-pool-cannot-terminate-a-job).
 
 Why a subclass: the stock thread pool cannot terminate a job (celery#10490) and answers
 ``revoke(terminate=True)`` with NotImplementedError. Here ``terminate_job`` asks the running job to stop

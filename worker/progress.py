@@ -1,7 +1,8 @@
 """Job progress, published where producers and Flower can see it.
 
 ``update_state`` writes the PROGRESS meta to the result backend, which ``handle.progress()`` and
-``dance status`` read; it never reaches Flower (celery-on-redis.md §5). A ``task-progress`` event
+``dance status`` read; it never reaches Flower
+(docs/celery-on-redis.md#progress-never-reaches-flower-through-update_state). A ``task-progress`` event
 does, but Flower only shows its ``result`` field, so the progress is also put there as text.
 """
 

@@ -32,8 +32,9 @@ DEFAULT_JOB_DEADLINE_S = 1200.0
 DEFAULT_MAX_JOB_DEADLINE_S = 3600.0
 #: Time a job may spend outside execution (downloads, uploads), in seconds.
 JOB_IO_ALLOWANCE_S = 900.0
-#: Redis visibility timeout, in seconds. Live jobs keep their messages fresh (worker/lease.py), so
-#: this only bounds how long a dead worker's job waits before it is redelivered.
+#: Redis visibility timeout, in seconds. Live jobs keep their messages fresh (worker/refresher.py,
+#: docs/celery-on-redis.md#lease-refresh), so this only bounds how long a dead worker's job waits
+#: before it is redelivered.
 DEFAULT_VISIBILITY_TIMEOUT_S = 40.0
 #: Shortest visibility timeout, in seconds: the heartbeat needs a few beats within it.
 MIN_VISIBILITY_TIMEOUT_S = 4.0
@@ -78,6 +79,8 @@ class FetchSettings:
     attempts: int = DEFAULT_DOWNLOAD_ATTEMPTS
     #: Hosts, IPs or CIDRs that may be fetched although they are private or loopback.
     allow_hosts: tuple[str, ...] = ()
+    #: PEM bundle of the authorities that sign https media hosts; None trusts certifi's public bundle.
+    ca_bundle: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -193,6 +196,7 @@ class WorkerSettings:
                 download_timeout_s=env_float(env, "DANCE_DOWNLOAD_TIMEOUT_S", DEFAULT_DOWNLOAD_TIMEOUT_S),
                 attempts=env_int(env, "DANCE_DOWNLOAD_ATTEMPTS", DEFAULT_DOWNLOAD_ATTEMPTS),
                 allow_hosts=_csv(env.get("DANCE_FETCH_ALLOW_HOSTS", "")),
+                ca_bundle=_path_or_none(env.get("DANCE_FETCH_CA_BUNDLE")),
             ),
         )
 

@@ -32,7 +32,8 @@ from worker.settings import WorkerSettings
 
 #: Seconds a stopping worker gets beyond the longest job deadline (downloads, upload, ComfyUI's own stop).
 MIN_GRACE_MARGIN_S = 60.0
-#: Seconds between the end of the soft window and Docker's SIGKILL (celery-on-redis.md section 6).
+#: Seconds between the end of the soft window and Docker's SIGKILL
+#: (docs/celery-on-redis.md#graceful-shutdown).
 SOFT_WINDOW_GAP_S = 5.0
 LONG_RUNNING_RESTART = {"unless-stopped", "always"}
 ONE_SHOTS = {"minio-init", "models"}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from producer.redact import redact_url, redact_urls_in
+from producer.redact import redact_url, redact_urls_deep, redact_urls_in
 
 
 def test_a_url_keeps_scheme_host_port_and_path_but_loses_credentials_and_query() -> None:
@@ -19,3 +19,12 @@ def test_every_url_inside_a_result_repr_is_redacted_and_the_rest_is_left_alone()
         "{'outputs': [{'uri': 's3://b/r/j/a.mp4', 'url': 'http://127.0.0.1:8333/b/r/j/a.mp4'}, "
         "{'url': \"https://s3.example.com/b/r/j/manifest.json\"}], 'seed': 7}"
     )
+
+
+def test_every_url_inside_nested_kwargs_is_redacted_and_other_values_are_kept() -> None:
+    kwargs = {"request": {"reference_image": "https://h/a.png?sig=x", "steps": 3, "tags": ["http://u:p@h/b?t=y"]},
+              "deadline_s": None, "pair": ("s3://bucket/key", "plain text")}
+    assert redact_urls_deep(kwargs) == {
+        "request": {"reference_image": "https://h/a.png", "steps": 3, "tags": ["http://h/b"]},
+        "deadline_s": None, "pair": ("s3://bucket/key", "plain text"),
+    }

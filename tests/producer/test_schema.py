@@ -7,7 +7,15 @@ from typing import Any
 import pytest
 
 from producer import errors
-from producer.schema import DEFAULT_NEGATIVE_PROMPT, MAX_PROMPT_CHARS, DanceRequest, parse_request
+from producer.batch import check_batch_id
+from producer.schema import (
+    DEFAULT_NEGATIVE_PROMPT,
+    MAX_PROMPT_CHARS,
+    DanceRequest,
+    check_job_id,
+    check_queue,
+    parse_request,
+)
 
 IMAGE = "https://media.example.com/character.png"
 VIDEO = "https://media.example.com/dance.mp4"
@@ -109,3 +117,25 @@ def test_each_kind_of_bad_request_has_its_own_stable_code(case: str, body: objec
     assert raised.value.code == code
     assert raised.value.message
     assert not raised.value.retryable
+
+
+#: Ids that look plain up to a final newline or another control character; ``$`` in a ``match`` would
+#: let the first two through, and they would reach Redis keys, storage keys and the webhook-id header.
+NEARLY_PLAIN_IDS = ["job-1\n", "job-1\r\n", "job-1\n\n", "job\n-1", "job-1\x00", "job-1\t", " job-1", "job/1", ".."]
+
+
+@pytest.mark.parametrize("job_id", NEARLY_PLAIN_IDS)
+def test_a_job_id_or_queue_with_a_trailing_newline_or_other_stray_character_is_refused(job_id: str) -> None:
+    with pytest.raises(errors.InvalidRequest) as raised:
+        check_job_id(job_id)
+    assert (raised.value.code, raised.value.details["option"]) == (errors.REQUEST_BAD_OPTION, "job_id")
+    with pytest.raises(errors.InvalidRequest):
+        check_queue(job_id)
+
+
+@pytest.mark.parametrize("batch_id", NEARLY_PLAIN_IDS)
+def test_a_batch_id_with_a_trailing_newline_or_other_stray_character_is_refused(batch_id: str) -> None:
+    with pytest.raises(errors.DanceError) as raised:
+        check_batch_id(batch_id)
+    assert raised.value.code == errors.BATCH_INVALID
+

@@ -73,23 +73,27 @@ class Endpoint:
 
 @dataclass
 class WebhookReceiver:
-    """A real threaded HTTP server on 127.0.0.1 that records every POST; tests wait on conditions."""
+    """A real threaded HTTP server on 127.0.0.1 that records every POST; tests wait on conditions.
+
+    ``host`` and ``port`` move it (127.0.0.2 on another receiver's port plays an internal host)."""
 
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
     deliveries: list[Delivery] = field(default_factory=list)
+    host: str = "127.0.0.1"
+    port: int = 0
 
     def __post_init__(self) -> None:
         self.changed = threading.Condition()
         self.stopping = threading.Event()
         self.hanging = 0
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self.server = ThreadingHTTPServer((self.host, self.port), _handler(self))
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,), daemon=True)
         self.thread.start()
 
     def url(self, path: str, endpoint: Endpoint | None = None) -> str:
         self.endpoints[path] = endpoint or Endpoint()
-        return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+        return f"http://{self.host}:{self.server.server_address[1]}{path}"
 
     def record(self, delivery: Delivery) -> Endpoint:
         with self.changed:

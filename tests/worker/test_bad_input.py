@@ -1,4 +1,4 @@
-"""Thirty kinds of bad input through one real worker: each fails with its own code, none is retried,
+"""Forty kinds of bad input through one real worker: each fails with its own code, none is retried,
 and the worker is unharmed (it completes a good job afterwards)."""
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import redis
 
 from producer import errors, keys
 from producer.celeryconf import TASK_NAME
+from producer.client import JobHandle
+from tests.fixtures.media_server import TlsMediaServer
 from tests.fixtures.workers import Cluster
 from tests.support.jobs import dance_request
 from tests.support.processes import free_port
@@ -39,10 +41,15 @@ def request_kinds(good: dict[str, Any]) -> list[tuple[str, Any, str]]:
     ]
 
 
-def media_kinds(server: Any, good: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+#: Job ids that a client skipping our producer may send; the worker's storage refuses the key they make.
+BAD_JOB_IDS = [("job id with a trailing newline", "bad-id-newline\n"), ("job id with a carriage return", "bad\rid")]
+
+
+def media_kinds(server: Any, tls: TlsMediaServer, good: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(kind, field, URL, expected code) for media that exists but may not or cannot be used."""
     video = good["dance_video"]
     big = b"\x89PNG\r\n\x1a\n" + b"\x00" * 300_000
+    port = server.port
     return [
         ("404", "reference_image", server.serve("/404", b"", status=404), errors.INPUT_NOT_FOUND),
         ("410", "dance_video", server.serve("/410", b"", status=410), errors.INPUT_NOT_FOUND),
@@ -68,15 +75,26 @@ def media_kinds(server: Any, good: dict[str, Any]) -> list[tuple[str, str, str, 
         ("redirect to a private address", "reference_image",
          server.serve("/to-private", b"", status=302, location="http://192.168.1.1/a.png"), errors.INPUT_BLOCKED),
         ("file outside storage", "reference_image", "file:///etc/passwd", errors.INPUT_SCHEME),
+        ("site-local IPv6", "reference_image", "http://[fec0::1]/a.png", errors.INPUT_BLOCKED),
+        # 127.0.0.2 (only 127.0.0.1 is allowed here) in every spelling the C resolver reads
+        ("decimal IPv4", "reference_image", f"http://2130706434:{port}/a.png", errors.INPUT_BLOCKED),
+        ("octal IPv4", "reference_image", f"http://0177.0.0.2:{port}/a.png", errors.INPUT_BLOCKED),
+        ("hex IPv4", "dance_video", f"http://0x7f.0.0.2:{port}/v.mp4", errors.INPUT_BLOCKED),
+        ("short IPv4", "dance_video", f"http://127.2:{port}/v.mp4", errors.INPUT_BLOCKED),
+        ("decimal private IPv4", "reference_image", "http://167772161/a.png", errors.INPUT_BLOCKED),
+        ("https redirecting to http", "reference_image",
+         tls.server.serve("/to-plain", b"", status=302, location=server.serve("/plain.png", b"")),
+         errors.INPUT_INSECURE_REDIRECT),
     ]
 
 
-def test_thirty_kinds_of_bad_input_each_fail_with_their_code_and_are_never_retried(
-    cluster: Cluster, comfysim: Any, media_server: Any, tmp_path: Path
+def test_forty_kinds_of_bad_input_each_fail_with_their_code_and_are_never_retried(
+    cluster: Cluster, comfysim: Any, media_server: Any, tls_media_server: TlsMediaServer, tmp_path: Path
 ) -> None:
-    # Given one ready worker
+    # Given one ready worker that trusts the https media server's authority
     sim = comfysim(exec_s=0.1)
-    worker = cluster.start_worker("w", sim.url, **WORKER_ENV)
+    worker = cluster.start_worker("w", sim.url, DANCE_FETCH_CA_BUNDLE=str(tls_media_server.ca_bundle),
+                                  **WORKER_ENV)
     good = dance_request(media_server, tmp_path)
     expected: dict[str, tuple[str, str]] = {}
     with cluster.client() as client:
@@ -86,25 +104,32 @@ def test_thirty_kinds_of_bad_input_each_fail_with_their_code_and_are_never_retri
             client.app.send_task(TASK_NAME, kwargs={"request": body}, task_id=job_id, queue="dance")
             client.redis.set(keys.submitted(job_id), "dance")
             expected[job_id] = (kind, code)
-        for index, (kind, field, url, code) in enumerate(media_kinds(media_server, good)):
+        for kind, job_id in BAD_JOB_IDS:
+            client.app.send_task(TASK_NAME, kwargs={"request": good}, task_id=job_id, queue="dance")
+            client.redis.set(keys.submitted(job_id), "dance")
+            expected[job_id] = (kind, errors.STORAGE_FORBIDDEN)
+        for index, (kind, field, url, code) in enumerate(media_kinds(media_server, tls_media_server, good)):
             handle = client.submit({**good, field: url}, job_id=f"bad-media-{index}")
             expected[handle.id] = (kind, code)
         # Then each fails with its own code and a message
         seen: dict[str, str] = {}
         for job_id, (kind, code) in expected.items():
             with pytest.raises(errors.DanceError) as raised:
-                client.job(job_id).result(timeout_s=60)
+                # JobHandle, not client.job(): the producer's own check refuses the bad ids
+                JobHandle(client, job_id).result(timeout_s=60)
             assert raised.value.code == code, f"{kind}: {raised.value}"
             assert (raised.value.message and not raised.value.retryable) or code in _TRANSIENT
             seen[kind] = code
         # and the worker is unharmed: the next good job succeeds
         assert client.submit(good).result(timeout_s=60)["status"] == "succeeded"
-    assert len(seen) >= 30
+    assert len(seen) == len(expected) == 40
     # and nothing permanent was retried: every bad job started once, and 4xx URLs were fetched once
     broker = redis.Redis.from_url(cluster.broker_url)
     assert all(int(broker.get(keys.attempts(job_id)) or 0) == 1 for job_id in expected)
     for path in ("/404", "/410", "/401", "/403", "/418", "/loop"):
         assert media_server.hits(path) <= (5 if path == "/loop" else 1), path
+    # and the downgrade was refused before the plain hop
+    assert (tls_media_server.server.hits("/to-plain"), media_server.hits("/plain.png")) == (1, 0)
     assert media_server.hits("/500") == 2  # transient: retried up to DANCE_DOWNLOAD_ATTEMPTS
     assert sim.state()["prompts_received"] == 1
     assert worker.poll() is None

@@ -98,7 +98,8 @@ def test_a_write_that_fails_midway_leaves_the_old_local_file_and_no_temp_file(lo
 
 
 @pytest.mark.parametrize(
-    "key", ["../escape", "/etc/passwd", "job/../../escape", "job//x", "job\\..\\x", "", "."]
+    "key", ["../escape", "/etc/passwd", "job/../../escape", "job//x", "job\\..\\x", "", ".",
+            "job\n/manifest.json", "job\r/x", "job/x\x00", "job\t/x", "job\x7f/x"]
 )
 def test_keys_that_escape_or_blur_the_local_root_are_refused(local: LocalStorage, key: str) -> None:
     # When a key that is not a plain relative path is used, Then storage refuses it

@@ -22,6 +22,7 @@ from producer.settings import ProducerSettings
 from worker.backoff import Backoff
 from worker.hooks.settings import HooksSettings
 from worker.inputs.guard import AllowList
+from worker.result_backend import OVERRIDE_BACKENDS
 
 #: Timeout of the hooks worker's Redis calls, in seconds.
 REDIS_TIMEOUT_S = 5.0
@@ -32,6 +33,7 @@ def hooks_config(settings: HooksSettings) -> dict[str, Any]:
                            settings.sentinel_master)
     config.update({
         "dance_hooks_settings": settings,
+        "override_backends": OVERRIDE_BACKENDS,
         "task_queues": [Queue(HOOKS_QUEUE, routing_key=HOOKS_QUEUE)],  # type: ignore[no-untyped-call]
         "task_default_queue": HOOKS_QUEUE,
         "task_acks_late": True,

@@ -23,7 +23,7 @@ from producer.errors import (
     error,
 )
 from producer.redact import redact_url
-from worker.inputs.guard import AllowList, pin_address
+from worker.inputs.guard import AllowList, Resolver, pin_address, system_resolver
 from worker.inputs.transport import Deadline, PinnedAdapter
 
 #: Default ports, for the guard's resolution.
@@ -36,13 +36,19 @@ FIRST_SUCCESS, FIRST_REDIRECT, FIRST_SERVER_ERROR = 200, 300, 500
 USER_AGENT = "xicon-dance-webhooks"
 
 
-def post(url: str, body: bytes, headers: dict[str, str], allow: AllowList, timeout_s: float) -> int:
-    """POST ``body`` to ``url``; returns the 2xx status or raises a ``webhook.*`` error."""
+def post(
+    url: str, body: bytes, headers: dict[str, str], allow: AllowList, timeout_s: float,
+    resolver: Resolver = system_resolver,
+) -> int:
+    """POST ``body`` to ``url``; returns the 2xx status or raises a ``webhook.*`` error.
+
+    ``resolver`` looks the callback host up, once; only tests pass another one (a rebinding DNS server).
+    """
     parts = urlsplit(url)
     host = parts.hostname or ""
     shown = redact_url(url)
     try:
-        address = pin_address(host, parts.port or DEFAULT_PORTS.get(parts.scheme, 80), allow)
+        address = pin_address(host, parts.port or DEFAULT_PORTS.get(parts.scheme, 80), allow, resolver)
     except DanceError as exc:
         code = WEBHOOK_BLOCKED if exc.code == INPUT_BLOCKED else WEBHOOK_UNREACHABLE
         raise error(code, f"callback {shown}: {exc.message}", url=shown, **exc.details) from None

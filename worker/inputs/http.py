@@ -1,7 +1,11 @@
 """Download one http(s) media URL to a file: guarded, pinned, capped, deadline-bound and retried.
 
 * Every hop (the URL and each redirect) passes the SSRF guard and is dialled at the checked address.
-* Redirects are followed by hand, at most MAX_REDIRECTS, and a URL seen twice is a loop.
+* Redirects are followed by hand, at most MAX_REDIRECTS, and a URL seen twice is a loop. An https URL
+  never leads to plain http: the next hop would travel in clear text (a signed query string with it) and
+  could be rewritten on the way, so that redirect fails with ``input.insecure_redirect``.
+* Certificates are checked against certifi's bundle, or ``FetchSettings.ca_bundle`` when a deployment
+  serves media from hosts signed by its own authority.
 * The size cap is checked on Content-Length before reading and again while streaming.
 * One wall-clock deadline (``download_timeout_s``) covers the whole fetch, retries included.
 * Transient failures (5xx, timeouts, refused or reset connections) are retried with the shared backoff;
@@ -15,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
@@ -24,6 +29,7 @@ from producer.errors import (
     INPUT_CORRUPT,
     INPUT_FORBIDDEN,
     INPUT_HTTP_ERROR,
+    INPUT_INSECURE_REDIRECT,
     INPUT_NOT_FOUND,
     INPUT_REDIRECTS,
     INPUT_SCHEME,
@@ -37,7 +43,7 @@ from producer.errors import (
 )
 from producer.redact import redact_url
 from worker.backoff import Backoff
-from worker.inputs.guard import AllowList, pin_address
+from worker.inputs.guard import AllowList, Resolver, pin_address, system_resolver
 from worker.inputs.transport import Deadline, PinnedAdapter
 from worker.settings import FetchSettings
 from worker.storage.base import CHUNK_BYTES
@@ -73,15 +79,18 @@ def shown_url(url: str) -> str:
         return "<malformed URL>"
 
 
-def download_http(url: str, dest: Path, settings: FetchSettings) -> int:
-    """Download ``url`` to ``dest``; returns its size in bytes. Raises ``input.*`` errors."""
-    allow = AllowList.parse(settings.allow_hosts)
+def download_http(url: str, dest: Path, settings: FetchSettings, resolver: Resolver = system_resolver) -> int:
+    """Download ``url`` to ``dest``; returns its size in bytes. Raises ``input.*`` errors.
+
+    ``resolver`` looks host names up, once per hop; only tests pass another one (a rebinding DNS server).
+    """
+    hop = _Hop(settings, AllowList.parse(settings.allow_hosts), resolver)
     backoff = Backoff(RETRY_BASE_S, RETRY_CAP_S)
     attempts = max(1, settings.attempts)
     with Deadline(settings.download_timeout_s) as deadline:
         for attempt in range(attempts):
             try:
-                return _follow(url, dest, settings, allow, deadline)
+                return _follow(url, dest, hop, deadline)
             except DanceError as exc:
                 dest.unlink(missing_ok=True)
                 delay_s = backoff.delay_s(attempt)
@@ -93,20 +102,37 @@ def download_http(url: str, dest: Path, settings: FetchSettings) -> int:
     raise AssertionError("unreachable: the last attempt always raises or returns")
 
 
-def _follow(url: str, dest: Path, settings: FetchSettings, allow: AllowList, deadline: Deadline) -> int:
+@dataclass(frozen=True)
+class _Hop:
+    """What every hop of one download shares."""
+
+    settings: FetchSettings
+    allow: AllowList
+    resolver: Resolver
+
+
+def _follow(url: str, dest: Path, hop: _Hop, deadline: Deadline) -> int:
     seen: set[str] = set()
     current = url
     for _hop in range(MAX_REDIRECTS + 1):
         if current in seen:
             raise error(INPUT_REDIRECTS, "the media URL redirects in a loop", url=shown_url(url))
         seen.add(current)
-        with _get(current, settings, allow, deadline) as response:
+        with _get(current, hop, deadline) as response:
             location = response.headers.get("Location") if response.status_code in REDIRECT_STATUSES else None
             if location is None:
                 _raise_for_status(response.status_code, current)
-                return _stream(response, dest, settings, deadline, current)
-        current = urljoin(current, location)
+                return _stream(response, dest, hop.settings, deadline, current)
+        current = _redirect_target(current, location)
     raise error(INPUT_REDIRECTS, "the media URL redirects too often", url=shown_url(url), max=MAX_REDIRECTS)
+
+
+def _redirect_target(current: str, location: str) -> str:
+    target = urljoin(current, location)
+    if urlsplit(current).scheme == "https" and urlsplit(target).scheme == "http":
+        raise error(INPUT_INSECURE_REDIRECT, "the https media URL redirects to plain http",
+                    url=shown_url(current), location=shown_url(target))
+    return target
 
 
 def _host_header(scheme: str, host: str, port: int) -> str:
@@ -129,15 +155,16 @@ def _target(url: str) -> tuple[str, str, int]:
 
 
 @contextlib.contextmanager
-def _get(
-    url: str, settings: FetchSettings, allow: AllowList, deadline: Deadline
-) -> Iterator[requests.Response]:
+def _get(url: str, hop: _Hop, deadline: Deadline) -> Iterator[requests.Response]:
     scheme, host, port = _target(url)
-    address = pin_address(host, port, allow)
+    address = pin_address(host, port, hop.allow, hop.resolver)
+    settings = hop.settings
     if deadline.expired:
         raise error(INPUT_TIMEOUT, "the download ran out of time", url=shown_url(url))
     with requests.Session() as session:
         session.trust_env = False
+        if settings.ca_bundle is not None:
+            session.verify = str(settings.ca_bundle)
         session.mount(f"{scheme}://", PinnedAdapter(address, host, deadline))
         headers = {**REQUEST_HEADERS, "Host": _host_header(scheme, host, port)}
         timeout = (min(settings.connect_timeout_s, deadline.remaining_s()), deadline.remaining_s())

@@ -17,6 +17,8 @@ from producer.errors import STORAGE_FORBIDDEN, error
 
 #: Size of one read or write while streaming, in bytes (1 MiB).
 CHUNK_BYTES = 1 << 20
+#: Code points below this (C0 controls: newline, tab, NUL) never appear in a storage key, nor DELETE.
+FIRST_PRINTABLE, DELETE = 0x20, 0x7F
 
 
 @dataclass(frozen=True)
@@ -89,13 +91,17 @@ class Storage(Protocol):
 
 
 def clean_key(key: str) -> str:
-    """``key`` if it is a safe relative key, else ``storage.forbidden``."""
+    """``key`` if it is a safe relative key, else ``storage.forbidden``.
+
+    Control characters are refused too: a key with a newline (a job id that slipped past a check) would
+    name a different file on disk than in a listing, and S3 keys with them cannot be shown or typed.
+    """
     segments = key.split("/")
     bad = (
         not key
         or key.startswith("/")
         or "\\" in key
-        or "\x00" in key
+        or any(ord(char) < FIRST_PRINTABLE or ord(char) == DELETE for char in key)
         or any(segment in ("", ".", "..") for segment in segments)
     )
     if bad:
