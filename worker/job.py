@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 #: Pause between two looks at a job whose execution lease another worker holds, in seconds.
 LEASE_POLL_S = 1.0
+#: Largest manifest read back from storage, in bytes (16 MiB).
+MANIFEST_MAX_BYTES = 16 << 20
 
 
 @dataclass
@@ -117,7 +119,7 @@ def _existing_manifest(runtime: Runtime, job_id: str) -> dict[str, Any] | None:
     key = f"{job_id}/{MANIFEST_NAME}"
     if not runtime.storage.exists(key):
         return None
-    manifest: dict[str, Any] = json.loads(runtime.storage.read_bytes(key, max_bytes=16 << 20))
+    manifest: dict[str, Any] = json.loads(runtime.storage.read_bytes(key, max_bytes=MANIFEST_MAX_BYTES))
     return manifest
 
 
@@ -220,9 +222,16 @@ def _record(
         "worker": {"hostname": ctx.hostname, "device": runtime.device},
         "comfyui": {"prompt_id": outcome.prompt_id, "cached_nodes": list(outcome.cached_nodes)},
     }
-    manifest = runtime.storage.put_bytes(
+    manifest = runtime.storage.put_bytes_if_absent(
         f"{ctx.job_id}/{MANIFEST_NAME}", json.dumps(result, indent=2).encode(), "application/json"
     )
+    if manifest is None:
+        # Another run completed the job first and its manifest stands: the producer gets that result.
+        log.warning("job %s: another run already wrote the manifest; returning its result", ctx.job_id)
+        winner: dict[str, Any] = json.loads(
+            runtime.storage.read_bytes(f"{ctx.job_id}/{MANIFEST_NAME}", max_bytes=MANIFEST_MAX_BYTES)
+        )
+        return winner
     count(runtime, keys.manifest_writes(ctx.job_id))
     result["manifest"] = {"uri": manifest.uri, "url": manifest.url}
     return result
