@@ -22,10 +22,10 @@ from producer.errors import JOB_BUSY_ELSEWHERE, JOB_CANCELLED, error
 from producer.redact import redact_url
 from producer.schema import DanceRequest, parse_request
 from worker.cancels import CancelFlag
-from worker.cleanup import JOB_MARK, input_name, output_subfolder
+from worker.cleanup import new_run_token
 from worker.comfy_ws import EventSocket
 from worker.inputs import FetchedInput, fetch_input
-from worker.orphans import WORKER_MARK, process_mark
+from worker.marks import JOB_MARK, WORKER_MARK, process_mark
 from worker.outputs import MANIFEST_NAME, store_outputs
 from worker.pipeline import EXECUTING, FINISHING, WAITING
 from worker.progress import ProgressReporter
@@ -63,11 +63,14 @@ class JobContext:
     prompt_id: str | None = None
     #: Moves the job to another pipeline phase (worker/pipeline.py).
     phase: Callable[[str], None] = field(default=lambda _phase: None)
+    #: Names this run's files in ComfyUI, so no other run's cleanup deletes them; run_job makes one.
+    run_token: str = ""
 
 
 def run_job(runtime: Runtime, ctx: JobContext, raw_request: object) -> dict[str, Any]:
     """Run the job to its result dict; raises a :class:`DanceError` on failure."""
     request = parse_request(raw_request)  # never trust the producer's validation
+    ctx.run_token = ctx.run_token or new_run_token()
     finished = _claim(runtime, ctx)
     if finished is not None:
         log.info("job %s already has a manifest; returning it without GPU work", ctx.job_id)
@@ -84,7 +87,7 @@ def run_job(runtime: Runtime, ctx: JobContext, raw_request: object) -> dict[str,
     finally:
         shutil.rmtree(job_dir, ignore_errors=True)
         runtime.prompts_in_flight.discard(ctx.prompt_id or "")
-        runtime.janitor.job_done(ctx.job_id, ctx.prompt_id)
+        runtime.janitor.job_done(ctx.job_id, ctx.run_token, ctx.prompt_id)
         runtime.leases.release(ctx.job_id)
 
 
@@ -140,14 +143,16 @@ def _fetch_inputs(
     ctx.timings.download_s = time.monotonic() - began
     _raise_if_cancelled(runtime, ctx)
     ctx.progress.stage_changed("uploading_inputs")
-    # Job-scoped names: concurrent jobs on one ComfyUI never overwrite each other's inputs.
+    # Run-scoped names: concurrent jobs and attempts on one ComfyUI never overwrite each other's inputs.
     image_name = _upload(runtime, ctx, image, "reference")
     video_name = _upload(runtime, ctx, video, "video")
     return image_name, video_name
 
 
 def _upload(runtime: Runtime, ctx: JobContext, fetched: FetchedInput, role: str) -> str:
-    return runtime.http.upload_image(fetched.path, input_name(ctx.job_id, role, fetched.path.suffix))
+    return runtime.http.upload_image(
+        fetched.path, runtime.janitor.input_name(ctx.job_id, ctx.run_token, role, fetched.path.suffix)
+    )
 
 
 def _bind(
@@ -164,7 +169,7 @@ def _bind(
         "steps": request.steps,
         "cfg": request.cfg,
         "seed": seed,
-        "output_prefix": f"{output_subfolder(ctx.job_id)}/dance",
+        "output_prefix": f"{runtime.janitor.output_subfolder(ctx.job_id, ctx.run_token)}/dance",
         "job_id": ctx.job_id,
     })
     return graph, seed
