@@ -86,6 +86,8 @@ class ComfyGate(bootsteps.StartStopStep):
             self.thread.start()
             pipeline = self.runtime.pipeline
             pipeline.hostname, pipeline.ready = c.hostname, self.ready.is_set
+            # The janitor's sweep tells this worker's leftovers in ComfyUI by the node name its prompts carry.
+            self.runtime.janitor.nodename = c.hostname
             threading.Thread(target=pipeline.run_view, args=(self.stop_event,), name="pipeline-view",
                              daemon=True).start()
         # Reconnects restart consumer steps, so the timer is made anew on every start.

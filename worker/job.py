@@ -30,11 +30,11 @@ from producer.errors import (
 )
 from producer.redact import redact_url
 from producer.schema import DanceRequest, parse_request
-from worker.cleanup import JOB_MARK, input_name, output_subfolder
+from worker.cleanup import new_run_token
 from worker.comfy_ws import EventSocket
 from worker.inputs import FetchedInput, fetch_input
 from worker.jobid import checked_job_id
-from worker.orphans import WORKER_MARK, process_mark
+from worker.marks import JOB_MARK, WORKER_MARK, process_mark
 from worker.outputs import MANIFEST_NAME, store_outputs
 from worker.ownership.cancels import FENCED, CancelFlag
 from worker.ownership.leases import new_token
@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 LEASE_POLL_S = 0.5
 #: A lease TTL that grew by more than this between two looks was renewed: its holder lives, in ms.
 RENEWAL_SEEN_MS = 100
+#: Largest manifest read back from storage, in bytes (16 MiB).
+MANIFEST_MAX_BYTES = 16 << 20
 
 
 @dataclass
@@ -78,11 +80,15 @@ class JobContext:
     run: Run | None = None
     #: This start's number among the job's starts, counted once the run owns the job (0 before).
     attempt: int = 0
+    #: Names this run's files in ComfyUI, so no other run's cleanup deletes them; run_job makes one.
+    run_token: str = ""
 
 
 def run_job(runtime: Runtime, ctx: JobContext, raw_request: object) -> dict[str, Any]:
     """Run the job to its result dict; raises a :class:`DanceError` on failure."""
     request = parse_request(raw_request)  # never trust the producer's validation
+    checked_job_id(ctx.job_id)  # before any key or path is built from it
+    ctx.run_token = ctx.run_token or new_run_token()
     try:
         finished = _claim(runtime, ctx)
         if finished is not None:
@@ -109,7 +115,7 @@ def _run_owned(runtime: Runtime, ctx: JobContext, request: DanceRequest) -> dict
         return _record(runtime, ctx, request, seed, outcome)
     finally:
         shutil.rmtree(job_dir, ignore_errors=True)
-        runtime.janitor.job_done(ctx.job_id, ctx.prompt_id)
+        runtime.janitor.job_done(ctx.job_id, ctx.run_token, ctx.prompt_id)
 
 
 def _release(runtime: Runtime, ctx: JobContext) -> None:
@@ -184,7 +190,7 @@ def _existing_manifest(runtime: Runtime, job_id: str) -> dict[str, Any] | None:
     key = f"{job_id}/{MANIFEST_NAME}"
     if not runtime.storage.exists(key):
         return None
-    manifest: dict[str, Any] = json.loads(runtime.storage.read_bytes(key, max_bytes=16 << 20))
+    manifest: dict[str, Any] = json.loads(runtime.storage.read_bytes(key, max_bytes=MANIFEST_MAX_BYTES))
     return manifest
 
 
@@ -205,14 +211,16 @@ def _fetch_inputs(
     ctx.timings.download_s = time.monotonic() - began
     _raise_if_cancelled(runtime, ctx)
     ctx.progress.stage_changed("uploading_inputs")
-    # Job-scoped names: concurrent jobs on one ComfyUI never overwrite each other's inputs.
+    # Run-scoped names: concurrent jobs and attempts on one ComfyUI never overwrite each other's inputs.
     image_name = _upload(runtime, ctx, image, "reference")
     video_name = _upload(runtime, ctx, video, "video")
     return image_name, video_name
 
 
 def _upload(runtime: Runtime, ctx: JobContext, fetched: FetchedInput, role: str) -> str:
-    return runtime.http.upload_image(fetched.path, input_name(ctx.job_id, role, fetched.path.suffix))
+    return runtime.http.upload_image(
+        fetched.path, runtime.janitor.input_name(ctx.job_id, ctx.run_token, role, fetched.path.suffix)
+    )
 
 
 def _bind(
@@ -229,7 +237,7 @@ def _bind(
         "steps": request.steps,
         "cfg": request.cfg,
         "seed": seed,
-        "output_prefix": f"{output_subfolder(ctx.job_id)}/dance",
+        "output_prefix": f"{runtime.janitor.output_subfolder(ctx.job_id, ctx.run_token)}/dance",
         "job_id": ctx.job_id,
     })
     return graph, seed
@@ -290,9 +298,16 @@ def _record(
         "comfyui": {"prompt_id": outcome.prompt_id, "cached_nodes": list(outcome.cached_nodes)},
     }
     _raise_if_fenced(runtime, ctx)
-    manifest = runtime.storage.put_bytes(
+    manifest = runtime.storage.put_bytes_if_absent(
         f"{ctx.job_id}/{MANIFEST_NAME}", json.dumps(result, indent=2).encode(), "application/json"
     )
+    if manifest is None:
+        # Another run completed the job first and its manifest stands: the producer gets that result.
+        log.warning("job %s: another run already wrote the manifest; returning its result", ctx.job_id)
+        winner: dict[str, Any] = json.loads(
+            runtime.storage.read_bytes(f"{ctx.job_id}/{MANIFEST_NAME}", max_bytes=MANIFEST_MAX_BYTES)
+        )
+        return winner
     count(runtime, keys.manifest_writes(ctx.job_id))
     result["manifest"] = {"uri": manifest.uri, "url": manifest.url}
     return result

@@ -11,24 +11,13 @@ deleted, the running one is interrupted. Other workers' prompts are never touche
 from __future__ import annotations
 
 import logging
-import uuid
 from typing import Any
 
 from producer.errors import DanceError
-from worker.cleanup import JOB_MARK
 from worker.comfy_http import ComfyHttp
+from worker.marks import process_mark, queued_by, worker_mark
 
 log = logging.getLogger(__name__)
-
-#: The ``extra_data`` key naming the worker process that queued a prompt: ``<nodename>/<process token>``.
-WORKER_MARK = "dance_worker"
-#: Made once per process: a restarted worker has the same node name and a new token.
-PROCESS_TOKEN = uuid.uuid4().hex[:12]
-
-
-def process_mark(nodename: str) -> str:
-    """A mark for the prompts of this worker process: its node name and a token no other process shares."""
-    return f"{nodename}/{PROCESS_TOKEN}"
 
 
 def clear_orphans(http: ComfyHttp, nodename: str) -> None:
@@ -55,11 +44,8 @@ def clear_orphans(http: ComfyHttp, nodename: str) -> None:
 
 
 def _orphaned(item: Any, nodename: str) -> bool:
-    extra = item[3] if isinstance(item, list) and len(item) > 3 else None
-    if not isinstance(extra, dict) or JOB_MARK not in extra:
-        return False
-    mark = str(extra.get(WORKER_MARK, ""))
-    return mark.startswith(f"{nodename}/") and mark != process_mark(nodename)
+    mark = worker_mark(item)
+    return mark is not None and queued_by(mark, nodename) and mark != process_mark(nodename)
 
 
 def _running_ids(queue: dict[str, Any]) -> list[str]:

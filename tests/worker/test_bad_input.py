@@ -107,7 +107,7 @@ def test_forty_kinds_of_bad_input_each_fail_with_their_code_and_are_never_retrie
         for kind, job_id in BAD_JOB_IDS:
             client.app.send_task(TASK_NAME, kwargs={"request": good}, task_id=job_id, queue="dance")
             client.redis.set(keys.submitted(job_id), "dance")
-            expected[job_id] = (kind, errors.STORAGE_FORBIDDEN)
+            expected[job_id] = (kind, errors.REQUEST_BAD_OPTION)
         for index, (kind, field, url, code) in enumerate(media_kinds(media_server, tls_media_server, good)):
             handle = client.submit({**good, field: url}, job_id=f"bad-media-{index}")
             expected[handle.id] = (kind, code)

@@ -68,7 +68,7 @@ def test_a_dance_job_yields_a_playable_video_a_manifest_and_a_complete_result(
                "the history entry to be deleted")
     wait_until(lambda: not [p for p in (sim.data_dir / "input").iterdir() if "job-e2e-1" in p.name], 10,
                "the uploaded inputs to be deleted")
-    wait_until(lambda: not (sim.data_dir / "output" / "dance" / "job-e2e-1").exists(), 10,
+    wait_until(lambda: not [p for p in (sim.data_dir / "output").rglob("*") if "job-e2e-1" in p.name], 10,
                "the job's output folder to be deleted")
 
 

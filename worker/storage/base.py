@@ -58,6 +58,19 @@ class Storage(Protocol):
         """Store a small body (a manifest) in one call."""
         ...
 
+    def put_bytes_if_absent(self, key: str, data: bytes, content_type: str) -> StoredObject | None:
+        """Store a small body only if nothing is stored under ``key`` yet; ``None`` if something is.
+
+        Of several writers racing for one key, exactly one wins and the others get ``None`` (never an
+        error) and leave the winner's bytes. Only a job's manifest is written this way: a run that lost
+        its execution lease must not replace the manifest another run wrote. There is no
+        ``put_file_if_absent``: outputs are written under the job's own keys before the manifest, and
+        the manifest's presence is what marks a job complete, so fencing this one write decides whose
+        result stands. Keeping a fenced-off run from rewriting outputs at all is the execution lease's
+        fencing token's job, not storage's.
+        """
+        ...
+
     def exists(self, key: str) -> bool: ...
 
     def read_bytes(self, key: str, max_bytes: int) -> bytes:

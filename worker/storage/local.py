@@ -2,8 +2,11 @@
 
 Writes go to a temporary file in the target's own folder and are then renamed over the target with
 ``os.replace``, which is atomic on one filesystem: a reader sees the old file or the whole new one,
-never half of it. Every path is resolved (symlinks followed) and must stay inside the root, so neither
-a key nor a URI nor a symlink planted in the folder can reach anything outside it.
+never half of it. A write only-if-absent hard-links the finished temporary file into place instead:
+``link`` fails if the name exists, so of two writers exactly one wins, and the name never shows half a
+file (the folder's filesystem must support hard links). Every path is resolved (symlinks followed) and
+must stay inside the root, so neither a key nor a URI nor a symlink planted in the folder can reach
+anything outside it.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -42,6 +45,10 @@ from worker.storage.base import (
 #: Permissions of stored files: mkstemp creates 0600, but results are meant to be read by other
 #: local processes (the producer that submitted the job, a web server).
 STORED_FILE_MODE = 0o644
+
+
+class _KeyTaken(Exception):
+    """Internal: an only-if-absent write found its name taken (never leaves this module)."""
 
 
 def path_from_file_uri(uri: str) -> Path:
@@ -74,14 +81,16 @@ class LocalStorage:
             raise error(STORAGE_FORBIDDEN, "the storage key leads outside the storage folder", key=key[:200])
         return real
 
-    def _write(self, key: str, chunks: Iterable[bytes], content_type: str) -> StoredObject:
+    def _write(
+        self, key: str, chunks: Iterable[bytes], content_type: str, place: Callable[[str, Path], None] = os.replace,
+    ) -> StoredObject:
         target = self._path(key)
         with _storage_errors(key):
             target.parent.mkdir(parents=True, exist_ok=True)
         # A symlink planted between the check above and mkdir would redirect the write: check again.
         if Path(os.path.realpath(target.parent)) != target.parent:
             raise error(STORAGE_FORBIDDEN, "the storage key leads outside the storage folder", key=key)
-        size, digest = _write_atomically(target, chunks, key)
+        size, digest = _write_atomically(target, chunks, key, place)
         uri = target.as_uri()
         return StoredObject(key, uri, uri, size, digest, content_type)
 
@@ -94,6 +103,12 @@ class LocalStorage:
 
     def put_bytes(self, key: str, data: bytes, content_type: str) -> StoredObject:
         return self._write(key, [data], content_type)
+
+    def put_bytes_if_absent(self, key: str, data: bytes, content_type: str) -> StoredObject | None:
+        try:
+            return self._write(key, [data], content_type, _link_new)
+        except _KeyTaken:
+            return None
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -158,8 +173,19 @@ class LocalStorage:
             raise error(STORAGE_FORBIDDEN, "the storage folder is not writable", root=str(self.root))
 
 
-def _write_atomically(target: Path, chunks: Iterable[bytes], key: str) -> tuple[int, str]:
-    """Write ``chunks`` beside ``target``, then rename over it; source errors pass through unchanged."""
+def _link_new(temp_name: str, target: Path) -> None:
+    """Give the finished file ``temp_name`` the name ``target`` unless that name exists (O_EXCL-like)."""
+    try:
+        os.link(temp_name, target)
+    except FileExistsError:
+        raise _KeyTaken(str(target)) from None
+
+
+def _write_atomically(
+    target: Path, chunks: Iterable[bytes], key: str, place: Callable[[str, Path], None]
+) -> tuple[int, str]:
+    """Write ``chunks`` beside ``target``, then ``place`` it there (rename over it, or link it only if
+    the name is free); source errors pass through unchanged."""
     digest = hashlib.sha256()
     size = 0
     with _storage_errors(key):
@@ -176,11 +202,11 @@ def _write_atomically(target: Path, chunks: Iterable[bytes], key: str) -> tuple[
                 os.fsync(out.fileno())
         with _storage_errors(key):
             os.chmod(temp_name, STORED_FILE_MODE)
-            os.replace(temp_name, target)
-    except BaseException:
+            place(temp_name, target)
+    finally:
+        # Gone after a rename; after a link (or a failure) the temporary name still has to go.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp_name)
-        raise
     return size, digest.hexdigest()
 
 

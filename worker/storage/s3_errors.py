@@ -34,10 +34,11 @@ FORBIDDEN_CODES = frozenset({
     "AccessDenied", "AccountProblem", "AllAccessDisabled", "ExpiredToken", "InvalidAccessKeyId",
     "InvalidBucketName", "InvalidToken", "NoSuchBucket", "SignatureDoesNotMatch",
 })
-#: S3 error codes that mean "not now": the same request may succeed later.
+#: S3 error codes that mean "not now": the same request may succeed later. AWS answers a conditional
+#: write that raced another write to the key with 409 ConditionalRequestConflict and asks for a retry.
 TRANSIENT_CODES = frozenset({
-    "InternalError", "RequestTimeout", "RequestLimitExceeded", "ServiceUnavailable", "SlowDown",
-    "Throttling", "ThrottlingException", "TooManyRequests",
+    "ConditionalRequestConflict", "InternalError", "RequestTimeout", "RequestLimitExceeded",
+    "ServiceUnavailable", "SlowDown", "Throttling", "ThrottlingException", "TooManyRequests",
 })
 #: S3 error codes that say the object (or its bucket) is not there.
 MISSING_CODES = frozenset({"NoSuchKey", "NoSuchBucket", "404", "NotFound"})
@@ -49,6 +50,10 @@ SERVER_ERROR_STATUS = 500
 FORBIDDEN_STATUSES = frozenset({401, 403})
 #: Status of "not found".
 NOT_FOUND_STATUS = 404
+#: Status of a conditional request whose condition did not hold (an If-None-Match write to a taken key).
+PRECONDITION_FAILED_STATUS = 412
+#: S3 error code of that answer.
+PRECONDITION_FAILED_CODE = "PreconditionFailed"
 
 #: Exceptions boto3 raises when the network, not S3, failed.
 _NETWORK_ERRORS = (ConnectionError, HTTPClientError, IncompleteReadError, ResponseStreamingError)
@@ -83,6 +88,14 @@ def is_missing(exc: BaseException) -> bool:
         return False
     code, status = client_error_parts(exc)
     return code in MISSING_CODES or status == NOT_FOUND_STATUS
+
+
+def is_precondition_failed(exc: BaseException) -> bool:
+    """Whether a ClientError says a conditional request's condition did not hold."""
+    if not isinstance(exc, ClientError):
+        return False
+    code, status = client_error_parts(exc)
+    return code == PRECONDITION_FAILED_CODE or status == PRECONDITION_FAILED_STATUS
 
 
 def is_missing_bucket(exc: BaseException) -> bool:
