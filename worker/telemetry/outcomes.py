@@ -63,7 +63,8 @@ def settle_retrying(client: redis.Redis, job_id: str, outcome: ledger.Outcome,
                     retry_for_s: float = SETTLE_RETRY_S) -> ledger.Settled | None:
     """:func:`producer.ledger.settle`, retried while Redis is away; None (logged) if it never answered.
 
-    Never raises: a job's end must not turn into a crash of the signal handler that saw it.
+    No new try starts after ``retry_for_s``; a client with retries of its own (the runtime's) may take
+    longer inside one try. Never raises: a job's end must not turn into a crash of the signal handler that saw it.
     """
     deadline = time.monotonic() + retry_for_s
     failures = 0
