@@ -4,7 +4,8 @@ A batch is a list of job ids in Redis (``dance:batch:<id>:jobs``, scored by line
 size, the fingerprint of its job list, its callback URL and, once done, its completion time. Each job id
 comes from the batch id and the line (or the row's own ``job_id``); the client's per-job idempotency does
 the rest, so rerunning an interrupted batch never runs a job twice. Completion is counted where jobs
-end (see :mod:`producer.ledger`), so it fires exactly once even when the producer has long exited.
+end (see :mod:`producer.ledger`) and kept in the outbox until recorded (:mod:`producer.outbox`), so it is
+recorded exactly once even when the producer has long exited or a publish was lost.
 """
 
 from __future__ import annotations
@@ -18,9 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kombu.exceptions import OperationalError
-
-from producer import keys, ledger
+from producer import keys, ledger, outbox
 from producer.batchfile import MAX_BATCH_ID_CHARS, BatchItem, content_batch_id, problem, raise_problems
 from producer.errors import BATCH_INVALID, BATCH_MISMATCH, BATCH_UNKNOWN, JOB_WAIT_TIMEOUT, DanceError, error
 from producer.localmedia import MEDIA_FIELDS
@@ -203,11 +202,8 @@ def submit_batch(
     completed, taken = client._guard(lambda: ledger.link_jobs(client.redis, batch_id, lines))
     if taken is not None:
         raise error(BATCH_MISMATCH, f"job {taken} belongs to another batch", batch_id=batch_id, job_id=taken)
-    if completed:  # every job of the batch had ended before it was registered
-        try:
-            ledger.complete_batch(client.app, batch_id)
-        except OperationalError as exc:
-            raise client._unreachable(exc) from exc
+    if completed:  # every job of the batch had ended before it was registered: the completion is in the outbox
+        ledger.publish(client.app, [outbox.batch_completion(batch_id)])
     published = 0
     for done, (job_id, row) in enumerate(zip(job_ids, rows, strict=True), start=1):
         _, new = client._submit(

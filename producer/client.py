@@ -284,10 +284,7 @@ class JobHandle:
     def _settle_cancelled(self) -> None:
         settled = self.client._guard(
             lambda: ledger.settle(self.client.redis, self.id, ledger.Outcome(ledger.CANCELLED, JOB_CANCELLED)))
-        try:
-            ledger.dispatch(self.client.app, self.id, settled)
-        except OperationalError as exc:
-            raise self.client._unreachable(exc) from exc
+        ledger.publish(self.client.app, settled.followups)
 
 
 def _shown_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:

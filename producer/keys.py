@@ -83,6 +83,15 @@ def worker_metrics(hostname: str) -> str:
     return f"{PREFIX}:metrics:{hostname}"
 
 
+def outbox_entry(entry_id: str) -> str:
+    """A hash: one follow-up of a job's end (a webhook, a batch completion), its state and attempts."""
+    return f"{PREFIX}:outbox:entry:{entry_id}"
+
+
+#: A sorted set of outbox entry ids still to deliver, scored by when each is next due (Unix seconds).
+OUTBOX_DUE = f"{PREFIX}:outbox:due"
+#: A sorted set of outbox entry ids given up on, scored by when (Unix seconds); each keeps its hash for a while.
+OUTBOX_GIVEN_UP = f"{PREFIX}:outbox:given_up"
 #: Pattern of every worker's metric snapshot key.
 WORKER_METRICS_PATTERN = f"{PREFIX}:metrics:*"
 #: Pattern of every worker's liveness key.

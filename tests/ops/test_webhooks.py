@@ -9,7 +9,7 @@ from typing import Any
 import redis
 from celery.result import AsyncResult
 
-from producer import keys, ledger
+from producer import keys, ledger, outbox
 from producer.errors import WEBHOOK_BLOCKED, WEBHOOK_SERVER_ERROR
 from producer.webhooks import verify
 from tests.fixtures.workers import Cluster
@@ -63,11 +63,14 @@ def test_a_callback_to_a_loopback_address_is_refused_unless_allow_listed(
     broker = redis.Redis.from_url(cluster.broker_url)
     broker.set(keys.job_callback("ssrf-1"), receiver.url("/internal"))
     with cluster.client() as client:
-        # When the job's webhook is due
-        ledger.send_hook(client.app, ledger.WEBHOOK_TASK, "webhook-job-ssrf-1", {"kind": "job", "subject": "ssrf-1"})
+        # When the job ends and its webhook is due
+        ledger.publish(client.app, ledger.settle(broker, "ssrf-1", ledger.Outcome(ledger.SUCCEEDED)).followups)
         outcome = AsyncResult("webhook-job-ssrf-1", app=client.app)
         wait_until(outcome.ready, 30, "the webhook task to end")
-    # Then it fails at once with the guard's code, and nothing reached the address
+    # Then it fails at once with the guard's code, nothing reached the address, and operators find it
+    # among the entries given up, after one attempt
     assert outcome.state == "FAILURE" and outcome.result.code == WEBHOOK_BLOCKED
     assert outcome.result.details["reason"] == "loopback"
     assert receiver.deliveries == []
+    [given_up] = outbox.given_up(broker)
+    assert (given_up["id"], given_up["last_code"], given_up["attempts"]) == ("msg_job_ssrf-1", WEBHOOK_BLOCKED, "1")

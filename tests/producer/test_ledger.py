@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import redis
 
-from producer import keys
+from producer import keys, outbox
 from producer.ledger import CANCELLED, FAILED, SUCCEEDED, Outcome, create_batch, link_jobs, settle
 
 
@@ -53,3 +55,34 @@ def test_a_job_of_one_batch_cannot_join_another(redis_db: str) -> None:
     create_batch(client, "two", "fp2", 2, None)
     assert link_jobs(client, "two", [("fresh", 1), ("shared", 2)]) == (False, "shared")
     assert client.get(keys.job_batch("fresh")) is None  # nothing of the refused chunk was linked
+
+
+def test_the_end_of_a_batchs_last_job_writes_its_webhook_and_the_completion_to_the_outbox(redis_db: str) -> None:
+    # Given a batch of two jobs, the last of which has a callback URL
+    client = redis.Redis.from_url(redis_db)
+    create_batch(client, "ob", "fp", 2, None)
+    link_jobs(client, "ob", [("ob-1", 1), ("ob-2", 2)])
+    client.set(keys.job_callback("ob-2"), "https://hooks.example/ob-2")
+    # When both end, the last one twice
+    first = settle(client, "ob-1", Outcome(SUCCEEDED))
+    last = settle(client, "ob-2", Outcome(FAILED, "input.not_found"))
+    again = settle(client, "ob-2", Outcome(FAILED, "input.not_found"))
+    # Then only the last job's first settle wrote follow-ups: its webhook and the batch's completion, both in
+    # the outbox with a due time, before anything was published
+    assert first.followups == () and again.followups == ()
+    assert last.followups == (outbox.job_webhook("ob-2"), outbox.batch_completion("ob"))
+    due = dict(client.zrange(keys.OUTBOX_DUE, 0, -1, withscores=True))
+    assert set(due) == {b"msg_job_ob-2", b"batch-completed-ob"}
+    assert outbox.record(client, "msg_job_ob-2")["state"] == outbox.QUEUED
+    assert json.loads(outbox.record(client, "batch-completed-ob")["kwargs"]) == {"batch_id": "ob"}
+
+
+def test_a_batch_completed_while_its_jobs_are_linked_has_its_completion_in_the_outbox(redis_db: str) -> None:
+    # Given a job that ended on its own
+    client = redis.Redis.from_url(redis_db)
+    settle(client, "alone", Outcome(SUCCEEDED))
+    # When a batch of just that job is registered
+    create_batch(client, "later", "fp", 1, None)
+    assert link_jobs(client, "later", [("alone", 1)]) == (True, None)
+    # Then its completion waits in the outbox
+    assert outbox.record(client, "batch-completed-later")["task"] == outbox.BATCH_COMPLETED_TASK

@@ -11,6 +11,7 @@ import base64
 import json
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +24,8 @@ from tests.support.processes import ManagedProcess
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"dance-test-webhook-secret-32byte").decode()
 #: How long a test waits for a delivery, in seconds.
 DELIVERY_TIMEOUT_S = 30.0
+#: What an endpoint answers while it fails on purpose.
+FAILING_STATUS = 503
 #: Longest a "hang" route holds a request, in seconds (the server's stop cuts it short).
 HANG_LIMIT_S = 60.0
 
@@ -42,6 +45,8 @@ def start_hooks_worker(cluster: Cluster, **extra: str) -> ManagedProcess:
         "CELERY_BROKER_URL": cluster.broker_url, "CELERY_RESULT_BACKEND": cluster.broker_url,
         "DANCE_WEBHOOK_SECRET": WEBHOOK_SECRET, "DANCE_WEBHOOK_ALLOW_HOSTS": "127.0.0.1",
         "DANCE_WEBHOOK_RETRY_BASE_S": "0.05", "DANCE_WEBHOOK_RETRY_CAP_S": "0.2", "DANCE_WEBHOOK_TIMEOUT_S": "5",
+        # Retries are published by the outbox reconciler when due: a short interval keeps tests quick.
+        "DANCE_WEBHOOK_RECONCILE_INTERVAL_S": "0.2", "DANCE_WEBHOOK_REPUBLISH_AFTER_S": "5",
         "PYTHONUNBUFFERED": "1", **extra,
     }
     argv = [sys.executable, "-m", "producer.cli", "hooks-worker", "-n", "hooks@%h"]
@@ -56,6 +61,9 @@ class Delivery:
     path: str
     headers: dict[str, str]
     body: bytes
+    #: When it arrived (time.monotonic()), and the status it was answered with (None: hung up on).
+    at_s: float = field(default_factory=time.monotonic)
+    answered: int | None = None
 
     @property
     def payload(self) -> dict[str, Any]:
@@ -65,10 +73,21 @@ class Delivery:
 
 @dataclass
 class Endpoint:
-    """How one path answers: a status, or a hang until the server stops."""
+    """How one path answers: a status, or a hang until the server stops; optionally a 503 (or a hang)
+    for its first few requests and ``status`` after that."""
 
     status: int = 204
     hang: bool = False
+    fail_first: int = 0
+    hang_first: int = 0
+    seen: int = 0
+
+    def answer(self) -> int | None:
+        """The status for the next request (None: hang); counts it."""
+        self.seen += 1
+        if self.hang or self.seen <= self.hang_first:
+            return None
+        return FAILING_STATUS if self.seen <= self.hang_first + self.fail_first else self.status
 
 
 @dataclass
@@ -95,11 +114,14 @@ class WebhookReceiver:
         self.endpoints[path] = endpoint or Endpoint()
         return f"http://{self.host}:{self.server.server_address[1]}{path}"
 
-    def record(self, delivery: Delivery) -> Endpoint:
+    def record(self, delivery: Delivery) -> int | None:
+        """Record the delivery and decide its answer (None: hang)."""
         with self.changed:
+            answer = self.endpoints.get(delivery.path, Endpoint(status=404)).answer()
+            delivery.answered = answer
             self.deliveries.append(delivery)
             self.changed.notify_all()
-        return self.endpoints.get(delivery.path, Endpoint(status=404))
+        return answer
 
     def wait_for(self, predicate: Callable[[list[Delivery]], Any], what: str,
                  timeout_s: float = DELIVERY_TIMEOUT_S) -> Any:
@@ -128,15 +150,15 @@ def _handler(receiver: WebhookReceiver) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            endpoint = receiver.record(Delivery(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
-            if endpoint.hang:
+            answer = receiver.record(Delivery(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+            if answer is None:
                 with receiver.changed:
                     receiver.hanging += 1
                     receiver.changed.notify_all()
                 receiver.stopping.wait(HANG_LIMIT_S)
                 self.close_connection = True
                 return
-            self.send_response(endpoint.status)
+            self.send_response(answer)
             self.send_header("Content-Length", "0")
             self.end_headers()
 

@@ -20,6 +20,13 @@ DEFAULT_ATTEMPTS = 8
 DEFAULT_RETRY_BASE_S = 5.0
 #: Longest pause between two attempts, in seconds.
 DEFAULT_RETRY_CAP_S = 900.0
+#: How often the outbox reconciler looks for entries that are due (a retry, a lost publish), in seconds.
+DEFAULT_RECONCILE_INTERVAL_S = 2.0
+#: How long an entry the reconciler published may wait to be claimed before it is published again, in seconds.
+DEFAULT_REPUBLISH_AFTER_S = 60.0
+#: How long a claim outlives one attempt's timeout before the entry is due again, in seconds: covers the
+#: Redis calls around the POST, so only a dead hooks worker's claim expires.
+CLAIM_MARGIN_S = 10.0
 #: How long delivery results stay in the result backend, in seconds (7 days).
 DEFAULT_RESULT_EXPIRES_S = 7 * 24 * 3600
 
@@ -37,6 +44,8 @@ class HooksSettings:
     retry_base_s: float = DEFAULT_RETRY_BASE_S
     retry_cap_s: float = DEFAULT_RETRY_CAP_S
     concurrency: int = DEFAULT_CONCURRENCY
+    reconcile_interval_s: float = DEFAULT_RECONCILE_INTERVAL_S
+    republish_after_s: float = DEFAULT_REPUBLISH_AFTER_S
     result_expires_s: int = DEFAULT_RESULT_EXPIRES_S
     #: Name of the master that Redis Sentinel monitors, for sentinel:// broker URLs.
     sentinel_master: str | None = None
@@ -48,6 +57,15 @@ class HooksSettings:
             raise error(CONFIG_INVALID, "DANCE_WEBHOOK_ATTEMPTS, DANCE_WEBHOOK_CONCURRENCY and "
                         "DANCE_WEBHOOK_TIMEOUT_S must be positive", attempts=self.attempts,
                         concurrency=self.concurrency, timeout_s=self.timeout_s)
+        if self.reconcile_interval_s <= 0 or self.republish_after_s <= 0:
+            raise error(CONFIG_INVALID, "DANCE_WEBHOOK_RECONCILE_INTERVAL_S and DANCE_WEBHOOK_REPUBLISH_AFTER_S "
+                        "must be positive", reconcile_interval_s=self.reconcile_interval_s,
+                        republish_after_s=self.republish_after_s)
+
+    @property
+    def claim_s(self) -> float:
+        """How long a delivery in progress holds its outbox entry before the entry is due again."""
+        return self.timeout_s + CLAIM_MARGIN_S
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> HooksSettings:
@@ -63,6 +81,8 @@ class HooksSettings:
             retry_base_s=env_float(env, "DANCE_WEBHOOK_RETRY_BASE_S", DEFAULT_RETRY_BASE_S),
             retry_cap_s=env_float(env, "DANCE_WEBHOOK_RETRY_CAP_S", DEFAULT_RETRY_CAP_S),
             concurrency=env_int(env, "DANCE_WEBHOOK_CONCURRENCY", DEFAULT_CONCURRENCY),
+            reconcile_interval_s=env_float(env, "DANCE_WEBHOOK_RECONCILE_INTERVAL_S", DEFAULT_RECONCILE_INTERVAL_S),
+            republish_after_s=env_float(env, "DANCE_WEBHOOK_REPUBLISH_AFTER_S", DEFAULT_REPUBLISH_AFTER_S),
             result_expires_s=env_int(env, "DANCE_RESULT_EXPIRES_S", DEFAULT_RESULT_EXPIRES_S),
             sentinel_master=env.get("DANCE_SENTINEL_MASTER") or None,
         )
