@@ -255,6 +255,9 @@ WEBHOOK_UNREACHABLE = _code(
 )
 
 CONFIG_INVALID = _code("config.invalid", ConfigInvalid, "a setting holds a value that cannot work")
+FLOWER_AUTH_REQUIRED = _code(
+    "flower.auth_required", ConfigInvalid, "Flower would listen beyond loopback without authentication"
+)
 BROKER_UNREACHABLE = _code("broker.unreachable", BrokerUnavailable, "the broker (Redis) cannot be reached")
 
 

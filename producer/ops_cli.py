@@ -1,7 +1,8 @@
 """``dance cluster``, ``dance hooks-worker`` and ``dance flower``: the operators' commands.
 
 ``cluster`` needs only the broker. The other two start worker-side processes and import nothing of the
-worker until they run, so producers without the worker extra keep a working ``dance``.
+worker until they run, so producers without the worker extra keep a working ``dance``; ``flower`` needs
+only the flower extra (it watches through :mod:`worker.telemetry.flowerapp`, not the GPU worker's app).
 """
 
 from __future__ import annotations
@@ -9,13 +10,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import sys
 
 import click
 
-from producer.cli_support import json_option, run_client
+from producer.cli_support import fail, json_option, run_client
 from producer.client import DanceClient
 from producer.clusterview import DEFAULT_INSPECT_TIMEOUT_S, cluster_view
+from producer.errors import DanceError
 from producer.ledger import HOOKS_QUEUE
 from producer.views import cluster_table
 from producer.worker_cli import exec_celery_worker
@@ -51,11 +52,22 @@ def hooks_worker(name: str, loglevel: str, celery_args: tuple[str, ...]) -> None
 
 
 @click.command("flower", context_settings={"ignore_unknown_options": True})
+@click.option("--no-auth", is_flag=True,
+              help="Serve without authentication although Flower listens beyond loopback (not recommended).")
 @click.argument("flower_args", nargs=-1, type=click.UNPROCESSED)
-def flower(flower_args: tuple[str, ...]) -> None:
-    """Start Flower with the dance metrics on its /metrics (extra arguments go to `celery flower`)."""
+def flower(no_auth: bool, flower_args: tuple[str, ...]) -> None:
+    """Start Flower with the dance metrics on its /metrics (other arguments go to `celery flower`).
+
+    Flower options take `--opt value` or `--opt=value`. Without --basic-auth (or FLOWER_BASIC_AUTH) Flower
+    starts only on a loopback --address; /metrics needs the same login as the pages.
+    """
+    from producer.flowerargs import flower_argv
+
     spec = importlib.util.find_spec("worker.telemetry.flowerconfig")  # located, not run: Flower runs it
     if spec is None or spec.origin is None:
-        raise click.ClickException("the worker extra is not installed (worker.telemetry.flowerconfig is missing)")
-    argv = [sys.executable, "-m", "celery", "-A", "worker.app", "flower", f"--conf={spec.origin}", *flower_args]
-    os.execv(sys.executable, argv)
+        raise click.ClickException("worker.telemetry.flowerconfig is missing from this installation")
+    try:
+        argv = flower_argv(flower_args, os.environ, no_auth, spec.origin)
+    except DanceError as exc:
+        fail(exc, as_json=False)
+    os.execv(argv[0], argv)

@@ -123,7 +123,7 @@ def test_services_that_publish_ports_bind_them_to_loopback_by_default(main: dict
     for compose in (main, unset):
         for name, spec in compose["services"].items():
             for port in spec.get("ports", []):
-                # Then every published port names 127.0.0.1 as its host address (Flower's /metrics is open)
+                # Then every published port names 127.0.0.1 as its host address (basic auth is clear text)
                 assert str(port).startswith("127.0.0.1:"), (name, port)
     assert main["services"]["flower"]["ports"]
 

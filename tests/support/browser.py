@@ -78,11 +78,16 @@ class Flower:
 
 
 def start_flower(cluster: Cluster, comfyui_url: str) -> Flower:
-    """``dance flower``: ``celery -A worker.app flower`` with this project's config file."""
+    """``dance flower``: ``celery -A worker.telemetry.flowerapp flower`` with this project's config file."""
     port = free_port()
-    argv = [sys.executable, "-m", "producer.cli", "flower", f"--port={port}", "--address=127.0.0.1",
-            f"--basic-auth={FLOWER_USER}:{FLOWER_PASSWORD}"]
-    process = ManagedProcess("flower", argv, cluster.root / "flower.log", env=cluster.env(comfyui_url)).start()
+    args = [f"--port={port}", "--address=127.0.0.1", f"--basic-auth={FLOWER_USER}:{FLOWER_PASSWORD}"]
+    return Flower(port, launch_flower(cluster, args, port, cluster.env(comfyui_url)))
+
+
+def launch_flower(cluster: Cluster, args: list[str], port: int, env: dict[str, str]) -> ManagedProcess:
+    """Run ``dance flower ARGS`` (stopped with the cluster's workers) and wait until it listens on ``port``."""
+    argv = [sys.executable, "-m", "producer.cli", "flower", *args]
+    process = ManagedProcess("flower", argv, cluster.root / f"flower-{port}.log", env=env).start()
     cluster.workers.append(process)
 
     def up() -> bool:
@@ -91,4 +96,4 @@ def start_flower(cluster: Cluster, comfyui_url: str) -> Flower:
         return port_accepts(port)
 
     wait_until(up, 30, "Flower to listen")
-    return Flower(port, process)
+    return process

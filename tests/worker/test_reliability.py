@@ -268,18 +268,27 @@ def test_a_producer_waiting_for_a_result_rides_out_a_redis_restart(
         with cluster.client() as client:
             handle = client.submit(dance_request(media_server, tmp_path), job_id="wait-through-restart")
             wait_until(lambda: sim.state()["held"], 30, "the prompt to be held")
+            polling = threading.Event()
 
             def wait() -> None:
                 try:
-                    outcome["result"] = handle.result(timeout_s=90)
+                    # on_progress runs inside result()'s poll loop, after its first read of the job: only from
+                    # then on is a broker outage ridden out (a broker down at the call itself is an error).
+                    outcome["result"] = handle.result(timeout_s=90, on_progress=lambda *_: polling.set())
                 except DanceError as exc:
                     outcome["error"] = exc
 
             waiter = threading.Thread(target=wait)
             waiter.start()
-            # When Redis goes down while the producer waits, and comes back once the producer noticed
+            assert polling.wait(30), f"the producer never started polling: {outcome}"
+            # When Redis goes down while the producer polls, and comes back once the producer noticed
             broker.stop()
-            wait_until(lambda: "still waiting" in caplog.text, 30, "the producer to notice the outage")
+
+            def noticed() -> bool:
+                assert "error" not in outcome, outcome  # the wait ended instead of riding the outage out
+                return "still waiting" in caplog.text
+
+            wait_until(noticed, 60, "the producer to notice the outage")
             broker.start()
             sim.release()
             waiter.join(90)

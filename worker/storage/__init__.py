@@ -11,8 +11,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from botocore.exceptions import BotoCoreError
-
 from producer.errors import CONFIG_INVALID, error
 from worker.settings import DEFAULT_PRESIGN_EXPIRES_S
 from worker.storage.base import Readable, Storage, StoredObject
@@ -57,7 +55,9 @@ def open_storage(
                 CONFIG_INVALID, "presigned URLs must live between 1 second and 7 days",
                 presign_expires_s=presign_expires_s,
             )
-        # Imported here: a producer that only stages files into a local folder needs no boto3.
+        # Imported here, botocore too: a producer that only stages files into a local folder needs no boto3.
+        from botocore.exceptions import BotoCoreError
+
         from worker.storage.s3 import S3Storage, TransferSettings, make_client
 
         settings = transfer or TransferSettings()

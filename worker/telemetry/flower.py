@@ -123,3 +123,18 @@ def register(broker_url: str, sentinel_master: str | None = None) -> DanceCollec
     collector = DanceCollector(collector_client(broker_url, sentinel_master))
     REGISTRY.register(collector)
     return collector
+
+
+def protect_metrics() -> None:
+    """Serve Flower's /metrics only to clients that pass Flower's authentication, as its pages are.
+
+    In Flower 2.x the handler lacks ``@authenticated``, so /metrics (worker names, queue names, job
+    counts and error codes) answered anyone, whatever ``--basic-auth`` said. Wrapped here once, before
+    Flower builds its app. Without any authentication configured (a loopback Flower, or ``--no-auth``)
+    Flower lets every request through, /metrics included; /healthcheck stays open (it says only "OK").
+    """
+    from flower.views.monitor import Metrics
+    from tornado.web import authenticated
+
+    if not getattr(Metrics.get, "__wrapped__", None):
+        Metrics.get = authenticated(Metrics.get)
