@@ -33,7 +33,6 @@ from celery.worker import state as worker_state
 
 from worker.backoff import Backoff
 from worker.orphans import clear_orphans
-from worker.ownership.kombu_compat import brpop_pending
 from worker.readiness import Readiness, probe
 from worker.runtime import Runtime
 
@@ -100,15 +99,12 @@ class ComfyGate(bootsteps.StartStopStep):
         wraps it the same way for ``worker_disable_prefetch``. Done on every start: a reconnect makes a new
         channel.
         """
-        channel = c.task_consumer.channel
-        qos = channel.qos
+        qos = c.task_consumer.channel.qos
         original = qos.can_consume
         admits = self.runtime.pipeline.admits
 
         def can_consume() -> bool:
-            # The rule decides before each BRPOP is sent; a BRPOP already in flight is always read, and a
-            # message it brings that this worker should not run is handed back (Pipeline.should_hand_back).
-            return bool(original()) and (brpop_pending(channel) or admits())
+            return bool(original()) and admits()
 
         qos.can_consume = can_consume
 

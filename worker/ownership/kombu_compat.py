@@ -82,14 +82,3 @@ class UnackedIndex:
     def present(self, delivery_tag: str) -> bool:
         return bool(self.client.hexists(self.hash_key, delivery_tag))
 
-
-def brpop_pending(channel: Any) -> bool:
-    """Whether the channel has a BRPOP in flight (kombu's ``Channel._in_poll``, set by ``_brpop_start``).
-
-    A BRPOP in flight may already hold a message Redis popped for us: it is in no queue and in no
-    ``unacked`` entry, only in our socket. kombu 5.7 stops reading such a reply while ``can_consume()`` is
-    false (``MultiChannelPoller._update_brpop_polling``) and keeps it "until credit returns", so a
-    consumption rule that turns false while a BRPOP is in flight would hide a job in a socket for as long
-    as the rule stays false, and lose it if the worker died meanwhile.
-    """
-    return bool(getattr(channel, "_in_poll", None))
