@@ -151,8 +151,8 @@ def test_a_redelivered_job_waits_while_another_run_holds_its_lease_and_returns_t
     worker = cluster.start_worker("w", sim.url)
     with cluster.client() as client:
         handle = client.submit(dance_request(media_server, tmp_path), job_id="leased")
-        # When the worker gets it, it waits instead of running it on a second GPU
-        worker.wait_for_log("job leased is running on elsewhere@host")
+        # When the worker gets it, it watches the lease instead of running it on a second GPU
+        worker.wait_for_log("job leased is held by elsewhere@host")
         assert sim.state()["prompts_received"] == 0
         # When the other run finishes and writes its manifest
         manifest = {"job_id": "leased", "status": "succeeded", "outputs": [], "by": "the other run"}
