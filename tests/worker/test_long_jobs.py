@@ -120,3 +120,26 @@ def test_a_timeout_and_a_refused_connection_have_their_own_codes(comfysim: Any) 
     # Then the slow one is a timeout, the closed one unreachable; both retryable
     assert slow.value.code == errors.COMFY_TIMEOUT and slow.value.retryable
     assert refused.value.code == errors.COMFY_UNREACHABLE and refused.value.retryable
+
+
+def test_a_prompt_that_waits_in_comfyuis_queue_past_its_bound_sends_its_job_back(
+    cluster: Cluster, comfysim: Any, media_server: Any, tmp_path: Path
+) -> None:
+    # Given a worker whose prompts may wait 3 s in ComfyUI's queue, and a first job held mid-sampler
+    sim = comfysim(exec_s=0.5)
+    sim.faults({"hold": True})
+    worker = cluster.start_worker("w", sim.url, COMFYUI_QUEUE_WAIT_S="3")
+    with cluster.client() as client:
+        held = client.submit(dance_request(media_server, tmp_path), job_id="ahead")
+        behind = client.submit(dance_request(media_server, tmp_path), job_id="behind")
+        # When the second job's prompt waits behind the held one for longer than that
+        wait_until(lambda: job_counter(cluster.broker_url, keys.attempts("behind")) == 2, 20,
+                   "the waiting job to be handed back and started again")
+        # Then it was handed back with the queue-wait code, its prompt dropped rather than left to run
+        assert errors.COMFY_QUEUE_WAIT in worker.log()
+        assert sim.state()["held"] and runs_of(sim, "behind") == []
+        # and once the GPU is free it succeeds
+        sim.release()
+        assert held.result(timeout_s=60)["status"] == "succeeded"
+        assert behind.result(timeout_s=60)["status"] == "succeeded"
+    assert len(runs_of(sim, "behind")) == 1
