@@ -25,6 +25,19 @@ from producer.client import DanceClient
 from producer.settings import ProducerSettings
 from simulator.nodes.vhs import pad_free_box
 
+
+@dataclass(frozen=True)
+class PromptRunRecord:
+    """One prompt a simulated GPU ran: ``sim.state()["runs"]`` entry, times in epoch seconds."""
+
+    prompt_id: str
+    started_at: float
+    ended_at: float
+    #: The ``dance_job_id`` / ``dance_worker`` of the prompt's extra_data; None for a prompt of no worker.
+    job_id: str | None
+    worker: str | None
+
+
 #: Inputs the benchmarks send: a character image and a clip, both this size so throttling shapes time.
 INPUT_BYTES = 96 * 1024
 #: Pause granularity of the throttled media server, in seconds.
@@ -143,18 +156,19 @@ class BenchCluster:
                                              headers={"Content-Type": "application/json"})
             urllib.request.urlopen(request, timeout=10).close()
 
-    def prompt_runs(self) -> list[list[tuple[str, float, float]]]:
-        """Per simulated GPU, (prompt_id, start, end) of every prompt it ran, start and end in epoch seconds."""
+    def prompt_runs(self) -> list[list[PromptRunRecord]]:
+        """Per simulated GPU, every prompt it ran, however the run ended (simulator/faults.py SimState.runs)."""
         out = []
         for sim in self.sims:
             with urllib.request.urlopen(f"{sim}/__sim__/state", timeout=10) as response:
                 state = json.loads(response.read())
-            out.append([(str(prompt_id), float(start), float(end)) for prompt_id, start, end in state["runs"]])
+            out.append([PromptRunRecord(str(prompt_id), float(start), float(end), job_id, worker)
+                        for prompt_id, start, end, job_id, worker in state["runs"]])
         return out
 
     def runs(self) -> list[list[tuple[float, float]]]:
         """Per simulated GPU, the (start, end) of every prompt it ran, in order."""
-        return [sorted((start, end) for _, start, end in per_gpu) for per_gpu in self.prompt_runs()]
+        return [sorted((run.started_at, run.ended_at) for run in per_gpu) for per_gpu in self.prompt_runs()]
 
     def stop(self) -> None:
         for process in reversed(self.processes):

@@ -162,7 +162,7 @@ def _direct_round_trip(sim: str, files: dict[str, Path], n: int) -> float:
     sock.connect()
     try:
         submitted = http.queue_prompt(graph, f"direct-{n}", {})
-        outcome = PromptRun(http, sock, submitted.prompt_id, time.monotonic() + 60, threading.Event(),
+        outcome = PromptRun(http, sock, submitted.prompt_id, 60.0, threading.Event(),
                             lambda _: None).wait()
     finally:
         sock.close()
@@ -198,7 +198,7 @@ def conservation(root: Path, rounds: int) -> Figures:
 
 
 def _starts_by_prompt(cluster: BenchCluster) -> dict[str, float]:
-    return {prompt_id: start for per_gpu in cluster.prompt_runs() for prompt_id, start, _ in per_gpu}
+    return {run.prompt_id: run.started_at for per_gpu in cluster.prompt_runs() for run in per_gpu}
 
 
 def scaling(root: Path, gpus: int, jobs_per_gpu: int, exec_s: float) -> Figures:

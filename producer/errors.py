@@ -187,6 +187,20 @@ COMFY_NO_OUTPUTS = _code("comfyui.no_outputs", ComfyRejected, "the prompt finish
 COMFY_NO_GPU = _code("comfyui.no_gpu", ConfigInvalid, "COMFYUI_REQUIRE_GPU is on but ComfyUI lists no CUDA device")
 COMFY_UNREACHABLE = _code("comfyui.unreachable", ComfyUnavailable, "ComfyUI refused the connection or vanished")
 COMFY_PROTOCOL = _code("comfyui.protocol_error", ComfyUnavailable, "ComfyUI answered something we cannot read")
+COMFY_TIMEOUT = _code(
+    # Apart from comfyui.unreachable: a ComfyUI too slow to answer in COMFYUI_HTTP_TIMEOUT_S may still be
+    # running the job's prompt, so the worker stops that prompt before the job is handed back.
+    "comfyui.timeout", ComfyUnavailable, "ComfyUI accepted the connection but did not answer in time"
+)
+COMFY_PROMPT_LOST = _code(
+    # Retryable, not ComfyUnavailable: ComfyUI itself is fine (someone cleared its queue), so the worker
+    # stays attached and the job simply runs again.
+    "comfyui.prompt_lost", RetryableError, "the job's prompt left ComfyUI's queue without running (queue cleared)"
+)
+COMFY_QUEUE_WAIT = _code(
+    "comfyui.queue_wait_exceeded", RetryableError,
+    "the job's prompt waited in ComfyUI's queue longer than COMFYUI_QUEUE_WAIT_S without starting",
+)
 
 JOB_DEADLINE = _code("job.deadline_exceeded", JobEnded, "the job ran past its execution deadline")
 JOB_CANCELLED = _code("job.cancelled", JobEnded, "the job was cancelled")

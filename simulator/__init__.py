@@ -1,7 +1,11 @@
 """A stand-in for ComfyUI 0.3.39 that CI can run without a GPU.
 
 It answers HTTP and WebSocket exactly as the transcripts in shared/comfyui-protocol record a real server
-answering, and it runs the dance workflow's nodes for real enough to write a playable MP4.
+answering, and it runs the dance workflow's nodes for real enough to write a playable MP4. With
+``--version 0.12.3`` (``COMFYSIM_VERSION``) it also does what the worker relies on in the GPU image's
+ComfyUI (shared/comfyui-protocol-0.12.3): /system_stats reports 0.12.3, ``POST /interrupt {"prompt_id": X}``
+stops only a running X, and GET /api/jobs answers. Other 0.12.3 differences (``progress_state`` frames,
+throttled progress) are not modelled.
 
 Modules, from the outside in:
 
@@ -15,6 +19,7 @@ Modules, from the outside in:
 - ``worker`` / ``execution`` / ``node_call``: the executor thread, one prompt, one node.
 - ``graph`` / ``cache``: execution order and the signature cache.
 - ``catalog`` / ``paths`` / ``stats``: /object_info, folders and file naming, /system_stats.
-- ``faults``: armed faults and the state GET /__sim__/state reports.
+- ``jobs``: GET /api/jobs and /api/jobs/{id} (0.12.3 only).
+- ``faults``: armed faults and the state GET /__sim__/state reports, with one run record per prompt run.
 - ``nodes``: node implementations, by pack.
 """

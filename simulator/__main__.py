@@ -15,7 +15,6 @@ from aiohttp import web
 
 from simulator.server import build_app, build_services
 from simulator.settings import SimSettings, settings_from_args
-from simulator.stats import COMFYUI_VERSION
 
 log = logging.getLogger("simulator")
 
@@ -49,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     log.info(
         "ComfyUI version: %s (simulator, catalog %s, device %s)",
-        COMFYUI_VERSION,
+        settings.version,
         settings.catalog,
         settings.device,
     )

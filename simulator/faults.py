@@ -21,9 +21,16 @@ Faults are armed with POST /__sim__/faults and are one-shot unless ``"sticky": t
   benchmarks can give output transfers a duration.
 - ``{"pad_output_bytes": N}``: VHS_VideoCombine appends an MP4 ``free`` box of N bytes to its video
   (sparse on disk), for transfers of large outputs.
+- ``{"slow_route": "/queue", "slow_s": S}``: the next answer to that path (or a path under it, with or
+  without the /api prefix) leaves S seconds late; the request itself is handled at once, as a ComfyUI
+  whose event loop is stalled after the fact would. Sticky: every answer.
 - ``{"clear": true}``: disarm everything.
 
-GET /__sim__/state summarises what the simulator saw; GET /__sim__/last_prompt returns the last POST /prompt
+GET /__sim__/state summarises what the simulator saw. Its ``runs`` hold one record per prompt the executor
+ran, however the run ended (success, execution error, interrupt): ``[prompt_id, started_at, ended_at,
+job_id, worker_mark]``, times in epoch seconds, the last two from the prompt's ``extra_data``
+(``dance_job_id``, ``dance_worker``) or null; two records of one job that overlap in time are two GPUs
+running it at once. GET /__sim__/last_prompt returns the last POST /prompt
 body exactly as it arrived (before validation coerced ``"512"`` to ``512``), under ``body``.
 """
 
@@ -55,10 +62,15 @@ FAULT_KEYS = frozenset(
         "exec_s",
         "view_bytes_per_s",
         "pad_output_bytes",
+        "slow_route",
+        "slow_s",
         "sticky",
         "clear",
     }
 )
+
+
+Run = tuple[str, float, float, str | None, str | None]
 
 
 class FaultSpecError(ValueError):
@@ -79,8 +91,12 @@ class SimState:
     uploads: list[str] = field(default_factory=list)
     #: Cache resets done for POST /free {"free_memory": true}; the worker applies them between prompts.
     memory_frees: int = 0
-    #: (prompt_id, started_at, ended_at) of every finished prompt, in epoch seconds: the GPU's busy times.
-    runs: list[tuple[str, float, float]] = field(default_factory=list)
+    #: One record per prompt the executor ran, however it ended (success, execution error, interrupt):
+    #: ``(prompt_id, started_at, ended_at, job_id, worker_mark)``. The times are epoch seconds, the GPU's
+    #: busy span; job_id and worker_mark are the ``dance_job_id`` and ``dance_worker`` of the prompt's
+    #: extra_data, or None. Prompts deleted from the queue never ran and have none; a crash loses the
+    #: record of the prompt it killed.
+    runs: list[Run] = field(default_factory=list)
     #: The last POST /prompt body as it arrived, before validation coerced any value (GET /__sim__/last_prompt).
     last_prompt_body: Any = None
 
@@ -126,6 +142,9 @@ class Faults:
                     "type": spec.get("exception_type", "RuntimeError"),
                     "message": spec.get("exception_message", "simulated failure"),
                 }
+            if "slow_route" in spec:
+                self._armed["slow"] = {"route": str(spec["slow_route"]).rstrip("/"),
+                                       "seconds": float(spec.get("slow_s", 1.0)), "sticky": sticky}
             for key in ("drop_websockets_at", "crash_at"):
                 if key in spec:
                     self._armed[key] = {"event": spec[key], "sticky": sticky}
@@ -149,6 +168,16 @@ class Faults:
             if drop:
                 self._take("drop_websockets_at")
             return drop, crash
+
+    def answer_delay_s(self, path: str) -> float:
+        """How late the answer to a request for ``path`` leaves (0: on time); uses up a one-shot fault."""
+        route = path[len("/api"):] if path.startswith("/api/") else path
+        with self._lock:
+            fault = self._armed.get("slow")
+            if fault is None or not (route == fault["route"] or route.startswith(fault["route"] + "/")):
+                return 0.0
+            self._take("slow")
+            return float(fault["seconds"])
 
     def failure_for(self, class_type: str) -> Exception | None:
         with self._lock:
@@ -199,7 +228,7 @@ class Faults:
         upload: str | None = None,
         executed: str | None = None,
         memory_free: bool = False,
-        run: tuple[str, float, float] | None = None,
+        run: Run | None = None,
     ) -> None:
         with self._lock:
             self.state.interrupts += int(interrupt)

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from PIL import Image
 from simulator.catalog import Catalog
 from simulator.faults import Faults, FaultSpecError
 from simulator.files import FileRoutes
+from simulator.jobs import JobRoutes
 from simulator.messages import Messenger
 from simulator.node_call import InterruptFlag
 from simulator.paths import Dirs
@@ -38,6 +40,8 @@ INDEX_HTML = (
 #: Size and colour of the example.png a fresh input folder gets.
 EXAMPLE_IMAGE_PX = 64
 EXAMPLE_IMAGE_RGB = (120, 120, 120)
+#: Milliseconds per second: ComfyUI's timestamps are epoch milliseconds.
+MS_PER_S = 1000
 NO_PROMPT_ERROR = {
     "type": "no_prompt",
     "message": "No prompt provided",
@@ -87,6 +91,8 @@ class ComfyRoutes:
         extra_data = json_data.get("extra_data", {})
         if "client_id" in json_data:
             extra_data["client_id"] = json_data["client_id"]
+        if self.s.settings.version != "0.3.39":
+            extra_data["create_time"] = int(time.time() * MS_PER_S)  # 0.12.3's prompt[3] has it (22)
         if not valid:
             log.warning("invalid prompt: %s", error)
             return web.json_response({"error": error, "node_errors": node_errors}, status=400)
@@ -111,9 +117,17 @@ class ComfyRoutes:
         return web.Response(status=200)
 
     async def post_interrupt(self, request: web.Request) -> web.Response:
-        # The body is ignored in 0.3.39, even one that is not JSON (16, 18).
-        self.s.interrupt.set()
+        # The body is ignored in 0.3.39, even one that is not JSON (16, 18). 0.12.3 reads a JSON object's
+        # prompt_id: one that is not running is skipped, none (no body, {}, "") interrupts globally, and a
+        # JSON array is a 500 (21, 18).
+        target = _interrupt_target(await request.text()) if self.s.settings.targeted_interrupt else None
         self.s.faults.record(interrupt=True)
+        if target:
+            if self.s.queue.running_prompt_id() != target:
+                log.info("Prompt %s is not currently running, skipping interrupt", target)
+                return web.Response(status=200)
+            log.info("Interrupting prompt %s", target)
+        self.s.interrupt.set()
         return web.Response(status=200)
 
     async def post_free(self, request: web.Request) -> web.Response:
@@ -149,7 +163,8 @@ class ComfyRoutes:
         return web.json_response(out)
 
     async def system_stats(self, request: web.Request) -> web.Response:
-        return web.json_response(system_stats(self.s.settings.device, _comfy_argv(self.s.settings)))
+        settings = self.s.settings
+        return web.json_response(system_stats(settings.device, _comfy_argv(settings), settings.version))
 
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response(self.s.catalog.model_folders())
@@ -185,6 +200,18 @@ class SimRoutes:
         snapshot = self.s.faults.snapshot(self.s.queue.running_prompt_id())
         snapshot["sockets"] = sorted(self.s.messenger.sockets)
         return web.json_response(snapshot)
+
+
+def _interrupt_target(text: str) -> str | None:
+    """The prompt_id a 0.12.3 POST /interrupt body names, or None for a global interrupt."""
+    try:
+        body = json.loads(text) if text else {}
+    except ValueError:
+        return None
+    if isinstance(body, list):
+        raise web.HTTPInternalServerError()
+    target = body.get("prompt_id") if isinstance(body, dict) else None
+    return str(target) if target else None
 
 
 def _truthy_member(body: Any, key: str) -> bool:
@@ -227,7 +254,13 @@ def build_app(services: Services, web_root: Path) -> web.Application:
         ("POST", "/upload/image", files.upload_image),
         ("GET", "/view", files.view),
     ]
-    app = web.Application(client_max_size=services.settings.max_upload_bytes)
+    if services.settings.version != "0.3.39":
+        jobs = JobRoutes(services.queue)
+        # Registered as /api/jobs: with the /api alias below that gives /api/jobs and /api/api/jobs, and
+        # no /jobs (22).
+        routes += [("GET", "/api/jobs", jobs.list_jobs), ("GET", "/api/jobs/{job_id}", jobs.get_job)]
+    app = web.Application(client_max_size=services.settings.max_upload_bytes,
+                          middlewares=[_late_answers(services.faults)])
     sim = SimRoutes(services)
     app.router.add_post("/__sim__/faults", sim.faults)
     app.router.add_post("/__sim__/release", sim.release)
@@ -251,6 +284,20 @@ def build_app(services: Services, web_root: Path) -> web.Application:
     # application/octet-stream body, exactly as the recorded /features request shows (09).
     app.router.add_static("/", web_root)
     return app
+
+
+def _late_answers(faults: Faults) -> Any:
+    """The ``slow_route`` fault: the request is handled, its answer leaves late."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        response: web.StreamResponse = await handler(request)
+        delay_s = faults.answer_delay_s(request.path)
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
+        return response
+
+    return middleware
 
 
 def ensure_example_image(dirs: Dirs) -> None:

@@ -24,6 +24,11 @@ DEFAULT_EXEC_S = 2.0
 DEFAULT_MAX_UPLOAD_BYTES = 100 * 1024 * 1024
 #: Device kinds /system_stats can describe.
 DEVICES = ("cpu", "cuda")
+#: ComfyUI versions the simulator can stand in for: the recorded 0.3.39 (shared/comfyui-protocol) and the
+#: GPU image's 0.12.3 (shared/comfyui-protocol-0.12.3: targeted /interrupt, GET /api/jobs).
+VERSIONS = ("0.3.39", "0.12.3")
+#: The version a simulator started without --version reports.
+DEFAULT_VERSION = "0.3.39"
 #: Node catalogues: the core nodes only, or core plus the dance workflow's custom nodes.
 CATALOGS = ("core", "dance")
 
@@ -45,6 +50,13 @@ class SimSettings:
     #: A folder holding core_nodes.json/custom_nodes.json to use instead of the packaged catalogue.
     catalog_dir: Path | None = None
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    #: The ComfyUI version to behave as (one of VERSIONS).
+    version: str = DEFAULT_VERSION
+
+    @property
+    def targeted_interrupt(self) -> bool:
+        """0.12.3's POST /interrupt {"prompt_id": X} stops only X (21_interrupt_by_prompt_id)."""
+        return self.version != "0.3.39"
 
 
 def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
@@ -52,7 +64,7 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
         return environ.get(f"COMFYSIM_{name}", default)
 
     parser = argparse.ArgumentParser(
-        prog="dance-comfysim", description="A stand-in for ComfyUI 0.3.39 that runs the dance workflow."
+        prog="dance-comfysim", description="A stand-in for ComfyUI 0.3.39 (or 0.12.3) that runs the dance workflow."
     )
     parser.add_argument("--host", default=env("HOST", DEFAULT_HOST))
     parser.add_argument("--port", type=int, default=int(env("PORT", str(DEFAULT_PORT))))
@@ -63,6 +75,7 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser.add_argument("--missing-node", action="append", default=[], metavar="CLASS")
     parser.add_argument("--missing-model", action="append", default=[], metavar="FILE")
     parser.add_argument("--catalog", choices=CATALOGS, default=env("CATALOG", "dance"))
+    parser.add_argument("--version", choices=VERSIONS, default=env("VERSION", DEFAULT_VERSION))
     parser.add_argument("--catalog-dir", type=Path, default=env("CATALOG_DIR", "") or None)
     return parser
 
@@ -82,4 +95,5 @@ def settings_from_args(argv: Sequence[str], environ: Mapping[str, str] | None = 
         missing_models=tuple(args.missing_model),
         catalog=args.catalog,
         catalog_dir=args.catalog_dir,
+        version=args.version,
     )

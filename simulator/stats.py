@@ -6,7 +6,7 @@ import os
 import sys
 from typing import Any
 
-#: Version strings the recorded server reported.
+#: Version strings the recorded server reported (the 0.12.3 server reports its own, see settings.VERSIONS).
 COMFYUI_VERSION = "0.3.39"
 PYTORCH_VERSION = "2.14.1+cu130"
 #: What ComfyUI on an H100 calls its device (model_management.get_torch_device_name).
@@ -30,7 +30,7 @@ def memory_bytes() -> tuple[int, int]:
         return pages, pages
 
 
-def system_stats(device: str, argv: list[str]) -> dict[str, Any]:
+def system_stats(device: str, argv: list[str], version: str = COMFYUI_VERSION) -> dict[str, Any]:
     ram_total, ram_free = memory_bytes()
     if device == "cuda":
         entry: dict[str, Any] = {
@@ -57,7 +57,7 @@ def system_stats(device: str, argv: list[str]) -> dict[str, Any]:
             "os": os.name,
             "ram_total": ram_total,
             "ram_free": ram_free,
-            "comfyui_version": COMFYUI_VERSION,
+            "comfyui_version": version,
             "python_version": sys.version,
             "pytorch_version": PYTORCH_VERSION,
             "embedded_python": False,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
 from simulator.faults import Faults
 from simulator.messages import Messenger
@@ -13,6 +14,8 @@ from simulator.prompt_queue import PromptQueue, QueueItem
 
 log = logging.getLogger("simulator.worker")
 
+#: The extra_data keys under which a dance worker names a prompt's job and its own process.
+JOB_MARK, WORKER_MARK = "dance_job_id", "dance_worker"
 #: How long the worker sleeps on an empty queue before looking at flags again, in seconds (ComfyUI: 1000).
 IDLE_WAKE_S = 1000.0
 
@@ -55,8 +58,17 @@ class PromptWorker(threading.Thread):
             "messages": [list(message) for message in executor.status_messages],
         }
         self._queue.task_done(task_id, executor.history_result, status)
-        self._faults.record(executed=prompt_id, run=(prompt_id, started_at, time.time()))
+        # Recorded however the run ended (success, error, interrupt), with the job and worker marks a
+        # dance worker puts in extra_data, so overlapping GPU runs of one job can be found.
+        extra = item[3] if isinstance(item[3], dict) else {}
+        run = (prompt_id, started_at, time.time(), _mark(extra, JOB_MARK), _mark(extra, WORKER_MARK))
+        self._faults.record(executed=prompt_id, run=run)
         client_id = self._messenger.client_id
         if client_id is not None:
             self._messenger.send_sync("executing", {"node": None, "prompt_id": prompt_id}, client_id)
         log.info("Prompt executed in %.2f seconds", time.perf_counter() - started)
+
+
+def _mark(extra: dict[str, Any], key: str) -> str | None:
+    value = extra.get(key)
+    return None if value is None else str(value)

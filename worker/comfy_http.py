@@ -1,7 +1,9 @@
-"""HTTP client for ComfyUI's API (0.3.39 as recorded in shared/comfyui-protocol).
+"""HTTP client for ComfyUI's API (0.3.39 as recorded in shared/comfyui-protocol, 0.12.3 in
+shared/comfyui-protocol-0.12.3).
 
 Every failure leaves as an error of the project tree: a refused or dropped connection is
-``comfyui.unreachable`` (retryable), a rejected prompt is permanent with ComfyUI's per-node details.
+``comfyui.unreachable``, an answer slower than the timeout ``comfyui.timeout`` (both retryable), a
+rejected prompt is permanent with ComfyUI's per-node details.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from producer.errors import (
     COMFY_NODE_ERRORS,
     COMFY_PROMPT_REJECTED,
     COMFY_PROTOCOL,
+    COMFY_TIMEOUT,
     COMFY_UNREACHABLE,
     DanceError,
     error,
@@ -31,6 +34,19 @@ VIEW_CHUNK_BYTES = 1 << 20
 HTTP_OK, HTTP_BAD_REQUEST, HTTP_SERVER_ERROR = 200, 400, 500
 #: Timeout of a readiness probe request, in seconds: short, so a hung ComfyUI is noticed.
 PROBE_TIMEOUT_S = 2.0
+#: The oldest ComfyUI recorded honouring ``POST /interrupt {"prompt_id": X}`` (21_interrupt_by_prompt_id);
+#: 0.3.39 ignores the body and stops whatever runs (recordings/d_interrupt_body_ignored).
+TARGETED_INTERRUPT_SINCE = (0, 12, 3)
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """``"0.12.3"`` -> ``(0, 12, 3)``; a part that is not a number ends the tuple (``"0.4.0rc1"`` -> ``(0, 4)``)."""
+    parts: list[int] = []
+    for part in version.lstrip("v").split("."):
+        if not part.isdigit():
+            break
+        parts.append(int(part))
+    return tuple(parts)
 
 
 @dataclass(frozen=True)
@@ -60,6 +76,17 @@ class ComfyHttp:
         self.base_url = base_url.rstrip("/")
         self.timeout_s = timeout_s
         self.session = requests.Session()
+        #: What /system_stats reported when ComfyUI last became ready (see :meth:`learn_version`).
+        self.comfyui_version: str | None = None
+        #: Whether ``POST /interrupt`` takes ``{"prompt_id": X}`` and stops only X; False until learned.
+        self.targeted_interrupt = False
+
+    def learn_version(self, stats: dict[str, Any]) -> None:
+        """Record the capabilities of the ComfyUI that answered ``stats``; called once per ComfyUI start."""
+        system = stats.get("system")
+        version = str(system.get("comfyui_version") or "") if isinstance(system, dict) else ""
+        self.comfyui_version = version or None
+        self.targeted_interrupt = version_tuple(version) >= TARGETED_INTERRUPT_SINCE
 
     def close(self) -> None:
         self.session.close()
@@ -81,8 +108,8 @@ class ComfyHttp:
         """The newest ``max_items`` history entries, by prompt id."""
         return self._json("GET", f"/history?max_items={max_items}")
 
-    def queue(self) -> dict[str, Any]:
-        return self._json("GET", "/queue")
+    def queue(self, timeout_s: float | None = None) -> dict[str, Any]:
+        return self._json("GET", "/queue", timeout_s=timeout_s)
 
     # Writes -----------------------------------------------------------------------------------------
     def upload_image(self, path: Path, name: str) -> str:
@@ -120,11 +147,17 @@ class ComfyHttp:
         except (KeyError, TypeError, ValueError):
             raise error(COMFY_PROTOCOL, "POST /prompt answered without a prompt_id", body=str(payload)[:500]) from None
 
-    def interrupt(self) -> None:
-        self._request("POST", "/interrupt", json={})
+    def interrupt(self, prompt_id: str | None = None, timeout_s: float | None = None) -> None:
+        """Interrupt ``prompt_id`` only if it runs (where :attr:`targeted_interrupt`), else whatever runs.
 
-    def delete_queued(self, prompt_ids: list[str]) -> None:
-        self._request("POST", "/queue", json={"delete": prompt_ids})
+        Without the capability the id is not sent: 0.3.39 ignores it anyway, and a caller must then check
+        that the running prompt is its own first.
+        """
+        body = {"prompt_id": prompt_id} if prompt_id and self.targeted_interrupt else {}
+        self._request("POST", "/interrupt", json=body, timeout_s=timeout_s)
+
+    def delete_queued(self, prompt_ids: list[str], timeout_s: float | None = None) -> None:
+        self._request("POST", "/queue", json={"delete": prompt_ids}, timeout_s=timeout_s)
 
     def delete_history(self, prompt_ids: list[str]) -> None:
         self._request("POST", "/history", json={"delete": prompt_ids})
@@ -154,9 +187,15 @@ class ComfyHttp:
         url = self.base_url + path
         try:
             return self.session.request(method, url, timeout=timeout_s or self.timeout_s, **kwargs)
+        except requests.Timeout as exc:
+            # Also a connect timeout: nothing refused us, so ComfyUI may be alive and running our prompt.
+            raise error(
+                COMFY_TIMEOUT, f"ComfyUI at {self.base_url} did not answer {path} within "
+                f"{timeout_s or self.timeout_s:g}s", url=self.base_url, path=path, reason=type(exc).__name__,
+            ) from exc
         except requests.RequestException as exc:
             # Covers refused, reset (a kill -9 shows first as ConnectionResetError(104), then as
-            # refused: 20_kill9_mid_run.json) and timeouts.
+            # refused: 20_kill9_mid_run.json).
             raise error(
                 COMFY_UNREACHABLE, f"ComfyUI at {self.base_url} is unreachable: {type(exc).__name__}",
                 url=self.base_url, path=path, reason=type(exc).__name__,

@@ -169,6 +169,9 @@ class ComfyGate(bootsteps.StartStopStep):
     def _on_ready(self, verdict: Readiness) -> None:
         self.runtime.device = verdict.device
         if not self.ready.is_set():
+            # Ready anew means a ComfyUI that may have restarted as another version: learn what it can do
+            # (targeted interrupts) before anything stops a prompt.
+            self.runtime.http.learn_version(verdict.stats or {})
             clear_orphans(self.runtime.http, self.consumer.hostname)
         if self.ready_after_s is None:
             self.ready_after_s = time.monotonic() - self.started_at

@@ -21,11 +21,13 @@ import redis
 
 from producer import keys
 from producer.errors import (
+    COMFY_TIMEOUT,
     JOB_ALREADY_ENDED,
     JOB_BUSY_ELSEWHERE,
     JOB_CANCELLED,
     JOB_DUPLICATE_DELIVERY,
     JOB_FENCED,
+    DanceError,
     error,
 )
 from producer.redact import redact_url
@@ -42,6 +44,7 @@ from worker.ownership.registry import Run
 from worker.pipeline import EXECUTING, FINISHING, PREPARING, WAITING
 from worker.progress import ProgressReporter
 from worker.prompt_run import PromptOutcome, PromptRun
+from worker.prompt_stop import stop_prompts_of_client
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -251,27 +254,42 @@ def _execute(runtime: Runtime, ctx: JobContext, graph: dict[str, Any]) -> Prompt
     client_id = f"dance-{ctx.job_id}-{uuid.uuid4().hex[:8]}"
     sock = EventSocket(runtime.settings.comfyui_url, client_id)
     sock.connect()  # before POST /prompt, so no message of our prompt can be missed
+    run: PromptRun | None = None
     try:
         extra = {JOB_MARK: ctx.job_id, WORKER_MARK: process_mark(ctx.hostname)}
         submitted = runtime.http.queue_prompt(graph, client_id, extra)
         ctx.prompt_id = submitted.prompt_id
+        # The execution deadline counts from the prompt's start, not from here: a pipelined prompt
+        # first waits behind the running one, a wait bounded on its own (COMFYUI_QUEUE_WAIT_S).
+        run = PromptRun(runtime.http, sock, submitted.prompt_id, ctx.deadline_s, ctx.cancel.event, ctx.progress.comfy,
+                        on_start=lambda: ctx.phase(EXECUTING), on_tick=ctx.progress.flush,
+                        queue_wait_s=runtime.settings.comfyui_queue_wait_s)
         if ctx.run is not None:
             ctx.run.prompt_id = submitted.prompt_id
         ctx.phase(WAITING)
         count(runtime, keys.executions(ctx.job_id))
         log.info("job %s: ComfyUI prompt %s queued", ctx.job_id, submitted.prompt_id)
-        deadline = time.monotonic() + ctx.deadline_s
-        run = PromptRun(runtime.http, sock, submitted.prompt_id, deadline, ctx.cancel.event, ctx.progress.comfy,
-                        on_start=lambda: ctx.phase(EXECUTING), on_tick=ctx.progress.flush)
         if submitted.rejection is not None:
-            run.stop_prompt()  # the valid part was queued: do not spend GPU time on a failed job
-            raise submitted.rejection
+            raise submitted.rejection  # the valid part was queued: stopped below, no GPU time for a failed job
         outcome = run.wait()
+    except BaseException as exc:
+        # Whatever ends the wait early (a ComfyUI timeout, a Redis error while reporting progress, a bug,
+        # a shutdown), the prompt must not go on holding the GPU while the job runs again elsewhere.
+        _stop_own_prompt(runtime, run, client_id, exc)
+        raise
     finally:
         sock.close()
         ctx.phase(FINISHING)
     ctx.timings.execute_s = outcome.execute_s
     return outcome
+
+
+def _stop_own_prompt(runtime: Runtime, run: PromptRun | None, client_id: str, exc: BaseException) -> None:
+    if run is not None:
+        run.stop_prompt()
+    elif isinstance(exc, DanceError) and exc.code == COMFY_TIMEOUT:
+        # POST /prompt did not answer in time; ComfyUI may have queued the prompt all the same.
+        stop_prompts_of_client(runtime.http, client_id)
 
 
 def _record(

@@ -16,6 +16,7 @@ from typing import Any
 from producer.errors import DanceError
 from worker.comfy_http import ComfyHttp
 from worker.marks import process_mark, queued_by, worker_mark
+from worker.prompt_stop import stop_prompt
 
 log = logging.getLogger(__name__)
 
@@ -25,28 +26,20 @@ def clear_orphans(http: ComfyHttp, nodename: str) -> None:
     left in ComfyUI. Called before the worker takes work; a failure is logged, never raised."""
     try:
         queue = http.queue()
-        pending = [item[1] for item in queue.get("queue_pending", []) if _orphaned(item, nodename)]
-        if pending:
-            http.delete_queued(pending)
-        running = [item[1] for item in queue.get("queue_running", []) if _orphaned(item, nodename)]
-        # ComfyUI 0.3.39's /interrupt stops whatever runs, so look again right before sending it: the
-        # orphan may have ended, and the prompt now running may be someone else's.
-        if running and _running_ids(http.queue()) == running:
-            http.interrupt()
-        else:
-            running = []
     except DanceError as exc:
         log.warning("could not clear the prompts an earlier run of %s left in ComfyUI: %s", nodename, exc)
         return
-    if pending or running:
-        log.warning("cleared the prompts an earlier run of %s left in ComfyUI: %d deleted from its queue %s, "
-                    "%d interrupted %s", nodename, len(pending), pending, len(running), running)
+    pending = [item[1] for item in queue.get("queue_pending", []) if _orphaned(item, nodename)]
+    running = [item[1] for item in queue.get("queue_running", []) if _orphaned(item, nodename)]
+    # stop_prompt interrupts by id where ComfyUI can (0.12.3); on 0.3.39, whose /interrupt stops whatever
+    # runs, only after it saw that the prompt still runs: the orphan may have ended, and the prompt now
+    # running may be someone else's.
+    stopped = [prompt_id for prompt_id in pending + running if stop_prompt(http, prompt_id)]
+    if stopped:
+        log.warning("cleared the prompts an earlier run of %s left in ComfyUI: %d pending %s, %d running %s",
+                    nodename, len(pending), pending, len(running), running)
 
 
 def _orphaned(item: Any, nodename: str) -> bool:
     mark = worker_mark(item)
     return mark is not None and queued_by(mark, nodename) and mark != process_mark(nodename)
-
-
-def _running_ids(queue: dict[str, Any]) -> list[str]:
-    return [item[1] for item in queue.get("queue_running", []) if isinstance(item, list) and len(item) > 1]

@@ -29,6 +29,8 @@ class Readiness:
     device: str | None = None
     #: The stable error code of each missing thing, in the same order as ``missing``.
     codes: tuple[str, ...] = ()
+    #: The /system_stats body, when it answered: the gate learns ComfyUI's version from it.
+    stats: dict[str, Any] | None = None
 
 
 def probe(http: ComfyHttp, workflow: Workflow, require_gpu: bool, full: bool = True) -> Readiness:
@@ -46,7 +48,8 @@ def probe(http: ComfyHttp, workflow: Workflow, require_gpu: bool, full: bool = T
         missing["a CUDA device (COMFYUI_REQUIRE_GPU is on; /system_stats lists none)"] = COMFY_NO_GPU
     if full:
         missing.update(_workflow_gaps(http, workflow))
-    return Readiness(not missing, tuple(missing), answering=True, device=device, codes=tuple(missing.values()))
+    return Readiness(not missing, tuple(missing), answering=True, device=device, codes=tuple(missing.values()),
+                     stats=stats)
 
 
 def _workflow_gaps(http: ComfyHttp, workflow: Workflow) -> dict[str, str]:

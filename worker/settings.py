@@ -30,6 +30,10 @@ DEFAULT_READY_POLL_MAX_S = 1.0
 DEFAULT_JOB_DEADLINE_S = 1200.0
 #: Largest deadline a producer may ask for, in seconds.
 DEFAULT_MAX_JOB_DEADLINE_S = 3600.0
+#: Longest a job's prompt may wait in ComfyUI's queue before it starts executing, in seconds; past it
+#: the job goes back to the broker (comfyui.queue_wait_exceeded). As long as the largest deadline: a
+#: pipelined prompt waits behind at most one running job.
+DEFAULT_COMFYUI_QUEUE_WAIT_S = DEFAULT_MAX_JOB_DEADLINE_S
 #: Time a job may spend outside execution (downloads, uploads), in seconds.
 JOB_IO_ALLOWANCE_S = 900.0
 #: Redis visibility timeout, in seconds. Live jobs keep their messages fresh (worker/refresher.py,
@@ -104,6 +108,7 @@ class WorkerSettings:
     lease_ttl_override_s: float | None = None
     result_expires_s: int = DEFAULT_RESULT_EXPIRES_S
     comfyui_http_timeout_s: float = DEFAULT_COMFYUI_HTTP_TIMEOUT_S
+    comfyui_queue_wait_s: float = DEFAULT_COMFYUI_QUEUE_WAIT_S
     presign_expires_s: int = DEFAULT_PRESIGN_EXPIRES_S
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     drain_s: float = DEFAULT_DRAIN_S
@@ -185,6 +190,7 @@ class WorkerSettings:
             sentinel_master=env.get("DANCE_SENTINEL_MASTER") or None,
             result_expires_s=env_int(env, "DANCE_RESULT_EXPIRES_S", DEFAULT_RESULT_EXPIRES_S),
             comfyui_http_timeout_s=env_float(env, "COMFYUI_HTTP_TIMEOUT_S", DEFAULT_COMFYUI_HTTP_TIMEOUT_S),
+            comfyui_queue_wait_s=env_float(env, "COMFYUI_QUEUE_WAIT_S", max_deadline),
             presign_expires_s=env_int(env, "DANCE_PRESIGN_EXPIRES_S", DEFAULT_PRESIGN_EXPIRES_S),
             max_attempts=env_int(env, "DANCE_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS),
             comfyui_input_dir=_path_or_none(env.get("COMFYUI_INPUT_DIR")),

@@ -21,9 +21,10 @@ import requests
 from tests.fixtures.comfysim import Frame
 
 HERE = Path(__file__).resolve().parent
-#: Where the transcripts live: those recorded here (a-g) and a copy of the project's recorded protocol
-#: (shared/comfyui-protocol, ComfyUI 0.3.39), kept beside the tests so a clean clone has them.
-RECORDING_DIRS = (HERE / "recordings", HERE / "recordings" / "protocol")
+#: Where the transcripts live: those recorded here (a-g), a copy of the project's recorded protocol
+#: (shared/comfyui-protocol, ComfyUI 0.3.39) and of the 0.12.3 transcripts the simulator's --version 0.12.3
+#: is checked against (shared/comfyui-protocol-0.12.3: 21, 22), kept beside the tests so a clean clone has them.
+RECORDING_DIRS = (HERE / "recordings", HERE / "recordings" / "protocol", HERE / "recordings" / "protocol-0.12.3")
 #: Timeout of one replayed HTTP request, in seconds.
 HTTP_TIMEOUT_S = 30.0
 

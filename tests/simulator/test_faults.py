@@ -200,8 +200,10 @@ def test_the_benchmark_knobs_pace_view_and_pad_outputs(comfysim: Any, tmp_path: 
     fetched = fetch_output(sim, video, tmp_path / "fetched.mp4")
     assert fetched.read_bytes() == path.read_bytes()
     # and the run is recorded with its start and end
-    [(run_id, started, ended)] = sim.state()["runs"]
+    [(run_id, started, ended, job_id, worker)] = sim.state()["runs"]
     assert run_id == prompt_id and started <= ended
+    # with no job or worker mark: this prompt came from no dance worker
+    assert job_id is None and worker is None
 
 
 def test_last_prompt_is_the_body_as_sent_before_validation_coerces_it(comfysim: Any, tmp_path: Path) -> None:

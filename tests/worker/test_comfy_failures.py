@@ -47,21 +47,25 @@ def test_a_prompt_comfyui_answers_400_fails_the_job_with_its_per_node_details(
     assert "349" in error.message
 
 
+@pytest.mark.parametrize("version", ["0.3.39", "0.12.3"])
 def test_a_200_with_node_errors_fails_the_job_and_the_accepted_part_does_not_run(
-    cluster: Cluster, comfysim: Any, media_server: Any, tmp_path: Path
+    cluster: Cluster, comfysim: Any, media_server: Any, tmp_path: Path, version: str
 ) -> None:
     # Given a workflow with a second output whose input is missing: ComfyUI accepts the rest with 200
     broken = {"900": {"class_type": "ImageInvert", "inputs": {}},
               "901": {"class_type": "SaveImage", "inputs": {"images": ["900", 0], "filename_prefix": "x"}}}
-    sim = comfysim(exec_s=5.0)
+    sim = comfysim(exec_s=5.0, version=version)
     cluster.start_worker("w", sim.url, DANCE_WORKFLOW=str(workflow_variant(tmp_path, **broken)))
     # When a job runs, it fails with the node errors, not as a success
     error = failed_job(cluster, dance_request(media_server, tmp_path))
     assert error.code == errors.COMFY_NODE_ERRORS
     assert error.details["nodes"]["900"]["errors"][0]["type"] == "required_input_missing"
-    # and the part ComfyUI accepted was dropped or interrupted rather than left to burn GPU time
-    state = sim.state()
-    assert state["running"] is None and not state.get("pending")
+    # and the part ComfyUI accepted was dropped or interrupted rather than left to burn GPU time: by the
+    # time the job failed nothing of it waits or runs, and it never ran to the end
+    queue = sim.request("GET", "/queue")
+    assert queue == {"queue_running": [], "queue_pending": []}
+    history = sim.request("GET", "/history")
+    assert all(entry["status"]["status_str"] == "error" for entry in history.values())
 
 
 def test_an_execution_error_fails_the_job_with_the_node_and_exception(

@@ -3,6 +3,7 @@ outages, redeliveries and cancels (real workers, Redis and simulators; GPU runs 
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 import threading
@@ -100,7 +101,7 @@ def test_redis_down_for_twice_the_lease_ttl_mid_job_leaves_one_gpu_run_and_one_r
         assert result["status"] == "succeeded"
         assert job_counter(broker.url, keys.manifest_writes("outage")) == 1
         runs = sorted((start, end) for sim in (sim_a, sim_b) for _, start, end, *_ in sim.state()["runs"])
-        assert all(later[0] >= earlier[1] for earlier, later in zip(runs, runs[1:], strict=False)), runs
+        assert all(later[0] >= earlier[1] for earlier, later in itertools.pairwise(runs)), runs
         assert _gpu_runs(sim_a, sim_b) == 1 or "writes nothing" in worker_a.log() + worker_b.log()
     finally:
         for worker in (worker_a, worker_b):

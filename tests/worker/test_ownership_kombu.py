@@ -1,4 +1,5 @@
-"""worker/ownership/kombu_compat.py against the pinned kombu and a real Redis: fails if an upgrade moves what it relies on."""
+"""worker/ownership/kombu_compat.py against the pinned kombu and a real Redis: fails if an upgrade moves
+what it relies on."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def test_an_entry_deleted_by_a_stale_ack_is_put_back_and_kombu_can_restore_it(
     delivered: tuple[Connection, Any], redis_db: str
 ) -> None:
     # Given a held message whose unacked entry a superseded copy's ack deleted (same delivery tag)
-    connection, message = delivered
+    _, message = delivered
     broker = redis.Redis.from_url(redis_db)
     held = held_message(message)
     assert held is not None

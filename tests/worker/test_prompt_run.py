@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ def run_once(http: ComfyHttp, url: str, graph: dict[str, Any], client_id: str) -
     sock.connect()
     try:
         submitted = http.queue_prompt(graph, client_id, {})
-        run = PromptRun(http, sock, submitted.prompt_id, time.monotonic() + 60, threading.Event(), lambda _: None)
+        run = PromptRun(http, sock, submitted.prompt_id, 60.0, threading.Event(), lambda _: None)
         return run.wait()
     finally:
         sock.close()
