@@ -78,7 +78,8 @@ def test_redis_down_for_twice_the_lease_ttl_mid_job_leaves_one_gpu_run_and_one_r
     broker = RestartableRedis(tmp_path / "redis").start()
     cluster = Cluster(broker_url=broker.url, root=tmp_path, storage_url=(tmp_path / "storage").as_uri())
     sim_a, sim_b = comfysim(exec_s=0.2), comfysim(exec_s=0.2)
-    sim_a.faults({"hold": True})
+    for sim in (sim_a, sim_b):
+        sim.faults({"hold": True})
     worker_a = cluster.start_worker("a", sim_a.url, **FAST)
     worker_b = cluster.start_worker("b", sim_b.url, **FAST)
     try:
@@ -87,7 +88,7 @@ def test_redis_down_for_twice_the_lease_ttl_mid_job_leaves_one_gpu_run_and_one_r
             client.submit(dance_request(media_server, tmp_path), job_id="outage")
         wait_until(lambda: sim_a.state()["held"] or sim_b.state()["held"], 30, "the prompt to be held")
         holder, other = (sim_a, sim_b) if sim_a.state()["held"] else (sim_b, sim_a)
-        other.faults({"hold": False})
+        other.faults({"clear": True})
         # When Redis is down for twice the lease TTL (the outage itself is the condition under test)
         broker.stop()
         threading.Event().wait(2 * VISIBILITY_TIMEOUT_S)
