@@ -24,7 +24,7 @@ from producer.errors import DanceError
 WATCH_EVERY_S = 0.25
 #: The line a restarted worker logs when it stops its predecessor's prompts (worker/orphans.py).
 ORPHANS_LINE = re.compile(
-    r"cleared the prompts an earlier run of \S+ left in ComfyUI: (\d+) deleted .*?, (\d+) interrupted"
+    r"cleared the prompts an earlier run of \S+ left in ComfyUI: (\d+) pending .*?, (\d+) running"
 )
 
 
@@ -186,7 +186,7 @@ def collect(watcher: Watcher, book: RunBook, duration_s: float, worker_logs: lis
 
 def _orphans_stopped(worker_logs: list[Path]) -> int:
     text = "".join(path.read_text(errors="replace") for path in worker_logs if path.exists())
-    return sum(int(deleted) + int(interrupted) for deleted, interrupted in ORPHANS_LINE.findall(text))
+    return sum(int(pending) + int(running) for pending, running in ORPHANS_LINE.findall(text))
 
 
 def _spread(values: list[float]) -> str:
