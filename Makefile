@@ -48,7 +48,8 @@ test: venv redis-server chromium lint
 demo: venv redis-server
 	$(PY) -m demo
 
-# A bounded fault run on loopback: 200 jobs, 3 workers, 3 simulators, kill -9s and a Redis restart.
+# A bounded fault run on loopback: 60 jobs, 3 workers, 3 simulators (one with jobs of 2.5 visibility timeouts),
+# kill -9s, SIGTERMs (rolling restarts) and a Redis outage of twice the lease TTL.
 chaos: venv redis-server
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m harness.chaos
 

@@ -15,6 +15,7 @@ from typing import Any
 import redis
 from kombu.exceptions import OperationalError
 
+from harness.chaos_runs import RunBook, fenced_jobs, overlaps, wasted_by_cause
 from producer import keys
 from producer.client import READY_STATES, DanceClient
 from producer.errors import DanceError
@@ -23,7 +24,7 @@ from producer.errors import DanceError
 WATCH_EVERY_S = 0.25
 #: The line a restarted worker logs when it stops its predecessor's prompts (worker/orphans.py).
 ORPHANS_LINE = re.compile(
-    r"cleared the prompts an earlier run of \S+ left in ComfyUI: (\d+) deleted .*?, (\d+) interrupted"
+    r"cleared the prompts an earlier run of \S+ left in ComfyUI: (\d+) pending .*?, (\d+) running"
 )
 
 
@@ -45,13 +46,24 @@ class Report:
     failed_by_code: dict[str, int]
     cancelled: int
     lost: int
+    #: Jobs whose worker-side execution counter (keys.executions) went past 1.
     duplicate_gpu_executions: int
+    #: Prompts the simulators ran (their own records, merged across restarts).
+    gpu_runs: int
+    #: GPU runs beyond one per succeeded job, and their causes.
     wasted_gpu_runs: int
+    wasted_by_cause: dict[str, int]
+    #: One line per wasted run: job, simulator, prompt, worker mark, span, cause.
+    wasted_runs: list[str]
+    #: Pairs of runs of one job on two GPUs at the same time, one line each.
+    overlapping_runs: list[str]
     #: Prompts a killed worker left running or queued in a surviving ComfyUI, stopped by its restart.
     orphan_prompts_stopped: int
     duplicate_result_writes: int
     worker_kills: int
     simulator_kills: int
+    worker_terms: int
+    redis_outages: int
     redelivery_s: list[float]
     comfyui_death_requeue_s: list[float]
     duration_s: float
@@ -132,7 +144,7 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def collect(watcher: Watcher, duration_s: float, worker_logs: list[Path]) -> Report:
+def collect(watcher: Watcher, book: RunBook, duration_s: float, worker_logs: list[Path], drain_s: float) -> Report:
     codes: Counter[str] = Counter()
     executions, writes = [], []
     for job_id in watcher.ids:
@@ -145,6 +157,8 @@ def collect(watcher: Watcher, duration_s: float, worker_logs: list[Path]) -> Rep
         writes.append(int(watcher.broker.get(keys.manifest_writes(job_id)) or 0))
     states = Counter(watcher.states.values())
     deaths = watcher.deaths
+    succeeded = {job for job, state in watcher.states.items() if state == "SUCCESS"}
+    causes, wasted_runs = wasted_by_cause(book, succeeded, fenced_jobs(worker_logs), drain_s)
     return Report(
         submitted=len(watcher.ids),
         succeeded=states["SUCCESS"],
@@ -152,11 +166,17 @@ def collect(watcher: Watcher, duration_s: float, worker_logs: list[Path]) -> Rep
         cancelled=states["REVOKED"],
         lost=sum(n for state, n in states.items() if state not in READY_STATES),
         duplicate_gpu_executions=sum(1 for n in executions if n > 1),
-        wasted_gpu_runs=sum(max(0, n - 1) for n in executions),
+        gpu_runs=len(book.runs),
+        wasted_gpu_runs=len(wasted_runs),
+        wasted_by_cause=causes,
+        wasted_runs=wasted_runs,
+        overlapping_runs=overlaps(book.by_job()),
         orphan_prompts_stopped=_orphans_stopped(worker_logs),
         duplicate_result_writes=sum(1 for n in writes if n > 1),
         worker_kills=sum(1 for d in deaths if d.kind == "worker"),
         simulator_kills=sum(1 for d in deaths if d.kind == "simulator"),
+        worker_terms=sum(1 for f in book.faults if f.kind == "term"),
+        redis_outages=sum(1 for f in book.faults if f.kind == "redis"),
         redelivery_s=sorted(s for d in deaths if d.kind == "worker" for s in d.recovered_s.values()),
         comfyui_death_requeue_s=sorted(s for d in deaths if d.kind == "simulator" for s in d.recovered_s.values()),
         duration_s=round(duration_s, 1),
@@ -166,7 +186,7 @@ def collect(watcher: Watcher, duration_s: float, worker_logs: list[Path]) -> Rep
 
 def _orphans_stopped(worker_logs: list[Path]) -> int:
     text = "".join(path.read_text(errors="replace") for path in worker_logs if path.exists())
-    return sum(int(deleted) + int(interrupted) for deleted, interrupted in ORPHANS_LINE.findall(text))
+    return sum(int(pending) + int(running) for pending, running in ORPHANS_LINE.findall(text))
 
 
 def _spread(values: list[float]) -> str:
@@ -183,14 +203,19 @@ def render(report: Report) -> str:
         ("failed, by code", report.failed_by_code or "none"),
         ("cancelled", report.cancelled),
         ("lost", report.lost),
+        ("jobs on two GPUs at once", len({line.split(":")[0] for line in report.overlapping_runs})),
         ("duplicate GPU executions (jobs)", report.duplicate_gpu_executions),
+        ("GPU runs (simulator records)", report.gpu_runs),
         ("wasted GPU runs", report.wasted_gpu_runs),
+        ("wasted GPU runs, by cause", report.wasted_by_cause or "none"),
         ("orphan prompts stopped", report.orphan_prompts_stopped),
         ("duplicate result writes", report.duplicate_result_writes),
         ("kills: workers / simulators", f"{report.worker_kills} / {report.simulator_kills}"),
+        ("SIGTERMs of workers / Redis outages", f"{report.worker_terms} / {report.redis_outages}"),
         ("worker death → job redelivered", _spread(report.redelivery_s)),
         ("ComfyUI death → job requeued", _spread(report.comfyui_death_requeue_s)),
         ("duration", f"{report.duration_s}s"),
     ]
     width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+    lines = [f"{name:<{width}}  {value}" for name, value in rows]
+    return "\n".join(lines + [f"OVERLAP {line}" for line in report.overlapping_runs])
