@@ -28,6 +28,12 @@ def lease(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:lease"
 
 
+def job_prompt(job_id: str) -> str:
+    """The ComfyUI prompt of the run that holds the job (its ComfyUI's URL, prompt id and lease token), so
+    a run that takes over from a dead one can stop the prompt the dead one left running."""
+    return f"{PREFIX}:job:{job_id}:prompt"
+
+
 def executions(job_id: str) -> str:
     """INCR per prompt submitted to ComfyUI for this job: GPU runs, for audits and the chaos run."""
     return f"{PREFIX}:job:{job_id}:executions"

@@ -40,6 +40,7 @@ from worker.marks import JOB_MARK, WORKER_MARK, process_mark
 from worker.outputs import MANIFEST_NAME, store_outputs
 from worker.ownership.cancels import FENCED, CancelFlag
 from worker.ownership.leases import new_token
+from worker.ownership.predecessor import forget_prompt, record_prompt, stop_predecessor
 from worker.ownership.registry import Run
 from worker.pipeline import EXECUTING, FINISHING, PREPARING, WAITING
 from worker.progress import ProgressReporter
@@ -126,6 +127,7 @@ def _release(runtime: Runtime, ctx: JobContext) -> None:
     if token is None:
         return
     try:
+        forget_prompt(runtime.redis, ctx.job_id, token)  # its prompt ended or was stopped on the way out
         runtime.leases.release(ctx.job_id, token)
     except redis.RedisError as exc:  # deliberate: the lease then ends by its TTL, and the job's own error wins
         log.warning("job %s: execution lease not released (%s); it expires by itself", ctx.job_id, exc)
@@ -156,7 +158,10 @@ def _claim(runtime: Runtime, ctx: JobContext) -> dict[str, Any] | None:
             if ctx.run is not None:
                 runtime.registry.take_lease(ctx.run, token)
             # The holder may have finished between our look at storage and the acquire.
-            return _existing_manifest(runtime, ctx.job_id)
+            finished = _existing_manifest(runtime, ctx.job_id)
+            if finished is None:
+                stop_predecessor(runtime.redis, ctx.job_id, token)  # a dead run's prompt may still hold a GPU
+            return finished
         holder = runtime.leases.holder(ctx.job_id)
         remaining_ms = runtime.leases.remaining_ms(ctx.job_id)
         alive_here = holder is not None and runtime.registry.holder_alive_here(ctx.job_id, holder)
@@ -266,6 +271,9 @@ def _execute(runtime: Runtime, ctx: JobContext, graph: dict[str, Any]) -> Prompt
                         queue_wait_s=runtime.settings.comfyui_queue_wait_s)
         if ctx.run is not None:
             ctx.run.prompt_id = submitted.prompt_id
+            if ctx.run.lease_token is not None:
+                record_prompt(runtime.redis, ctx.job_id, ctx.run.lease_token, runtime.settings.comfyui_url,
+                              submitted.prompt_id)
         ctx.phase(WAITING)
         count(runtime, keys.executions(ctx.job_id))
         log.info("job %s: ComfyUI prompt %s queued", ctx.job_id, submitted.prompt_id)

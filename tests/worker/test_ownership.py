@@ -161,3 +161,26 @@ def test_a_redelivered_copy_of_a_live_job_is_dropped_at_once_and_the_worker_take
         assert handle.result(timeout_s=60)["worker"]["hostname"].startswith("a@")
     assert job_counter(cluster.broker_url, keys.executions("live-job")) == 1
     assert sim_b.state()["prompts_received"] == 1
+
+
+def test_a_job_taken_over_from_a_killed_worker_first_stops_the_prompt_it_left_in_a_surviving_comfyui(
+    cluster: Cluster, comfysim: Any, media_server: Any, tmp_path: Path
+) -> None:
+    # Given a job held in A's sampler, on a ComfyUI in a container of its own (it outlives A), and a peer B
+    sim_a, sim_b = comfysim(exec_s=0.2), comfysim(exec_s=0.2)
+    sim_a.faults({"hold": True})
+    worker_a = cluster.start_worker("a", sim_a.url, **FAST)
+    with cluster.client() as client:
+        handle = client.submit(dance_request(media_server, tmp_path), job_id="taken-over")
+        wait_until(lambda: sim_a.state()["held"], 30, "the prompt to be held on A")
+        cluster.start_worker("b", sim_b.url, **FAST)
+        # When A is SIGKILLed and stays down, its prompt still running for nobody
+        worker_a.kill()
+        # Then B takes the job over once the lease expires and the message comes back
+        result = handle.result(timeout_s=90)
+    assert result["worker"]["hostname"].startswith("b@")
+    # and A's orphaned prompt was stopped before B's run began: the job never ran on two GPUs at once
+    [orphan] = [run for run in sim_a.state()["runs"] if run[3] == "taken-over"]
+    [taken] = [run for run in sim_b.state()["runs"] if run[3] == "taken-over"]
+    assert orphan[2] <= taken[1], (orphan, taken)
+    assert sim_a.state()["interrupts"] >= 1
