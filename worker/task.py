@@ -39,8 +39,9 @@ from producer.errors import (
 )
 from worker.app import app
 from worker.job import JobContext, run_job
-from worker.ownership.cancels import FENCED, REVOKED, SHUTDOWN, CancelFlag
+from worker.ownership.cancels import FENCED, REVOKED, SHUTDOWN
 from worker.ownership.kombu_compat import HeldMessage, held_message
+from worker.ownership.registry import Run
 from worker.progress import ProgressReporter
 from worker.runtime import Runtime
 
@@ -50,6 +51,9 @@ log = logging.getLogger(__name__)
 REQUEUED_STATE = "REQUEUED"
 #: Codes of a run that does not own its job: it ends leaving the job's state alone.
 NOT_OURS = frozenset({JOB_DUPLICATE_DELIVERY, JOB_ALREADY_ENDED, JOB_FENCED})
+#: Heartbeats for which a dropped copy's worker keeps the live run's entry: the live run's own heartbeat
+#: beats at least once in that time.
+WARD_BEATS = 3
 
 
 @app.task(bind=True, name=TASK_NAME, acks_late=True, reject_on_worker_lost=True, throws=(PermanentError,),
@@ -82,10 +86,10 @@ def generate(
         except redis.RedisError as exc:
             # The bookkeeping client already retried for about 30 s: hand the job back rather than fail it.
             broker = error(BROKER_UNREACHABLE, f"the broker did not answer: {type(exc).__name__}", job_id=job_id)
-            _settle(self, runtime, run.cancel, broker, ctx.attempt)
+            _settle(self, runtime, run, broker, ctx.attempt)
             raise broker from exc
         except DanceError as exc:
-            _settle(self, runtime, run.cancel, exc, ctx.attempt)
+            _settle(self, runtime, run, exc, ctx.attempt)
             raise
 
 
@@ -97,11 +101,14 @@ def _held_message(job_id: str) -> HeldMessage | None:
     return None
 
 
-def _settle(task: Any, runtime: Runtime, flag: CancelFlag, exc: DanceError, attempt: int) -> None:
+def _settle(task: Any, runtime: Runtime, run: Run, exc: DanceError, attempt: int) -> None:
     """Turn a cancel, a shutdown or a retryable error into Celery's terms; return to let ``exc`` fail the job."""
-    job_id = task.request.id
+    job_id, flag = task.request.id, run.cancel
     if exc.code in NOT_OURS or (exc.code == JOB_CANCELLED and flag.reason == FENCED):
         log.warning("job %s: %s; this run ends without touching the job's state", job_id, exc)
+        if exc.code == JOB_DUPLICATE_DELIVERY:
+            # Our ack is about to delete the entry we share with the live run (worker/ownership/registry.py Ward).
+            runtime.registry.ward(job_id, run.message, for_s=WARD_BEATS * runtime.settings.heartbeat_interval_s)
         raise Ignore() from exc
     if exc.code == JOB_CANCELLED:
         if flag.reason == SHUTDOWN:

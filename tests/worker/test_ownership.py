@@ -184,3 +184,28 @@ def test_a_job_taken_over_from_a_killed_worker_first_stops_the_prompt_it_left_in
     [taken] = [run for run in sim_b.state()["runs"] if run[3] == "taken-over"]
     assert orphan[2] <= taken[1], (orphan, taken)
     assert sim_a.state()["interrupts"] >= 1
+
+
+def test_a_live_run_that_dies_right_after_its_copy_was_dropped_still_gets_its_job_redelivered(
+    cluster: Cluster, comfysim: Any, media_server: Any, tmp_path: Path
+) -> None:
+    # Given a job held in A's sampler and a copy of its message that idle B receives and drops
+    sim_a, sim_b = comfysim(exec_s=0.2), comfysim(exec_s=0.2)
+    sim_a.faults({"hold": True})
+    worker_a = cluster.start_worker("a", sim_a.url, **FAST)
+    broker = redis.Redis.from_url(cluster.broker_url)
+    with cluster.client() as client:
+        handle = client.submit(dance_request(media_server, tmp_path), job_id="holder-dies")
+        wait_until(lambda: sim_a.state()["held"], 30, "the prompt to be held on A")
+        [(tag, entry)] = broker.hgetall("unacked").items()
+        worker_b = cluster.start_worker("b", sim_b.url, **FAST)
+        worker_b.wait_for_log(" ready.")
+        broker.rpush("dance:5", json.dumps(json.loads(entry)[0]))
+        worker_b.wait_for_log("job.duplicate_delivery", timeout_s=3 * VISIBILITY_TIMEOUT_S)
+        # When A freezes before its heartbeat can put back the entry the copy's ack deleted, then dies
+        worker_a.signal(signal.SIGSTOP)
+        wait_until(lambda: broker.hexists("unacked", tag), 3 * VISIBILITY_TIMEOUT_S, "the entry kept by B")
+        worker_a.kill()
+        # Then the job is not lost: its message comes back once its lease and entry expire, and B runs it
+        result = handle.result(timeout_s=90)
+    assert result["worker"]["hostname"].startswith("b@")

@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 import redis
 
+from producer import keys
 from worker.ownership.kombu_compat import HeldMessage, UnackedIndex
 from worker.ownership.leases import ExecutionLeases, Renewal
 from worker.ownership.registry import Registry, Run
@@ -82,6 +83,8 @@ class Heartbeat:
             others = [tag for tag in self.held_tags() if tag not in owned_tags]
             if owned or others:
                 self.index.keep(owned, others)
+            for ward in self.registry.wards():
+                self.index.keep_while_leased(ward.message, keys.lease(ward.job_id))
         self.beats += 1
 
     def _renew(self, run: Run) -> bool:

@@ -30,6 +30,14 @@ from kombu.utils.json import dumps
 #: kombu's names for the two keys (``Channel.unacked_key`` and ``Channel.unacked_index_key``).
 UNACKED_KEY = "unacked"
 UNACKED_INDEX_KEY = "unacked_index"
+#: HSETNX + ZADD NX of one entry, only while the job's lease key exists.
+_KEEP_WHILE_LEASED = """
+if redis.call('exists', KEYS[3]) == 1 then
+  redis.call('hsetnx', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('zadd', KEYS[2], 'NX', ARGV[3], ARGV[1])
+end
+return 0
+"""
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,15 @@ class UnackedIndex:
         for tag in others:
             pipe.zadd(self.index_key, {tag: now}, xx=True)
         pipe.execute()
+
+    def keep_while_leased(self, held: HeldMessage, lease_key: str, now_s: float | None = None) -> None:
+        """Put back ``held``'s entry if missing, but only while ``lease_key`` exists (the job still has an
+        owner, alive or not yet expired); an entry already present keeps its score."""
+        if held.entry is None:
+            return
+        now = time.time() if now_s is None else now_s
+        self.client.eval(_KEEP_WHILE_LEASED, 3, self.hash_key, self.index_key, lease_key,
+                         held.delivery_tag, held.entry, now)
 
     def present(self, delivery_tag: str) -> bool:
         return bool(self.client.hexists(self.hash_key, delivery_tag))

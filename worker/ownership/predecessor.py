@@ -65,6 +65,6 @@ def stop_predecessor(client: redis.Redis, job_id: str, token: str) -> None:
         stopped = stop_prompt(http, str(record["prompt_id"]))
     finally:
         http.close()
-    outcome = "is stopped" if stopped else "could not be confirmed stopped"
+    outcome = "is out of its queue now" if stopped else "could not be confirmed out of its queue"
     log.warning("job %s: taking over from a run that did not finish; its prompt %s on %s %s", job_id,
                 record["prompt_id"], record["comfyui_url"], outcome)

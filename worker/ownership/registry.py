@@ -16,6 +16,7 @@ that was just acknowledged.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,11 +42,27 @@ class Run:
     prompt_id: str | None = None
 
 
+@dataclass(frozen=True)
+class Ward:
+    """The message of a dropped copy, kept in kombu's bookkeeping for a while on behalf of the live run.
+
+    The copy's acknowledgement deletes the ``unacked`` entry it shares with the live run; the live run's
+    heartbeat puts it back within one beat, unless that run dies first. So the dropping worker puts it back
+    too, while the job's lease is held, until ``until`` (a monotonic time): if the holder died meanwhile,
+    its job is still redelivered once its lease and message expire.
+    """
+
+    job_id: str
+    message: HeldMessage
+    until: float
+
+
 class Registry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.beat_lock = threading.Lock()
         self._runs: dict[str, Run] = {}
+        self._wards: list[Ward] = []
 
     @contextmanager
     def holding(self, job_id: str, message: HeldMessage | None, revoked: bool = False) -> Iterator[Run]:
@@ -84,6 +101,18 @@ class Registry:
     def holder_alive_here(self, job_id: str, token: str) -> bool:
         """Whether the lease ``token`` belongs to a live run on this worker."""
         return any(run.job_id == job_id and run.lease_token == token for run in self.runs())
+
+    def ward(self, job_id: str, message: HeldMessage | None, for_s: float) -> None:
+        if message is not None and message.entry is not None:
+            with self._lock:
+                self._wards.append(Ward(job_id, message, time.monotonic() + for_s))
+
+    def wards(self) -> list[Ward]:
+        """The wards still due; expired ones are forgotten."""
+        now = time.monotonic()
+        with self._lock:
+            self._wards = [ward for ward in self._wards if ward.until > now]
+            return list(self._wards)
 
     def fence(self, run: Run) -> None:
         run.cancel.set(FENCED)
