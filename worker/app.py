@@ -67,6 +67,10 @@ def worker_config(settings: WorkerSettings) -> dict[str, Any]:
         # the local run goes on, and a copy that sees the execution lease renewed is dropped
         # (worker/ownership/leases.py, worker/job.py _claim): no job lost, no GPU run wasted.
         "worker_cancel_long_running_tasks_on_connection_loss": False,
+        # Celery would write STARTED when any copy of a job starts, even one that then finds the job ended
+        # or owned by a live run and drops itself: it would overwrite a finished job's state for good. The
+        # run that owns the job writes STARTED itself (worker/job.py, after _claim).
+        "task_track_started": False,
         # Progress and results must outlive a broker restart (AOF reload) rather than fail the job: the
         # STARTED write at the very start of a job fails it "outside the body" unless Celery retries it.
         "result_backend_transport_options": {**config["result_backend_transport_options"],

@@ -99,6 +99,7 @@ def run_job(runtime: Runtime, ctx: JobContext, raw_request: object) -> dict[str,
             log.info("job %s already has a manifest; returning it without GPU work", ctx.job_id)
             return finished
         ctx.phase(PREPARING)
+        ctx.progress.started(ctx.hostname)
         ctx.attempt = count(runtime, keys.attempts(ctx.job_id))
         if ctx.attempt > 1:
             log.info("job %s: attempt %d", ctx.job_id, ctx.attempt)

@@ -9,10 +9,13 @@ does, but Flower only shows its ``result`` field, so the progress is also put th
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
 import redis
+from celery import states
+from celery.exceptions import BackendError
 from kombu.exceptions import OperationalError
 
 from producer.progressbar import describe_progress
@@ -34,6 +37,13 @@ class ProgressReporter:
         self._last_sent = 0.0
         #: The newest update the throttle held back; flush() sends it once the interval has passed.
         self._pending: dict[str, Any] | None = None
+
+    def started(self, hostname: str) -> None:
+        """Mark the job STARTED once this run owns it (worker/app.py turns Celery's own tracking off)."""
+        try:
+            self.task.update_state(state=states.STARTED, meta={"pid": os.getpid(), "hostname": hostname})
+        except (redis.RedisError, OperationalError, BackendError) as exc:
+            log.warning("job %s: STARTED not recorded: %s", self.job_id, exc)
 
     def stage_changed(self, stage: str) -> None:
         self.stage = stage
@@ -61,6 +71,7 @@ class ProgressReporter:
         try:
             self.task.update_state(state=PROGRESS_STATE, meta=meta)
             self.task.send_event("task-progress", result=describe_progress(meta), **meta)
-        except (redis.RedisError, OperationalError) as exc:
-            # Progress is a view; a broker hiccup must not fail the job it describes.
+        except (redis.RedisError, OperationalError, BackendError) as exc:
+            # Progress is a view; a broker hiccup must not fail the job it describes. BackendError is what
+            # Celery raises once its own retries of the write (result_backend_always_retry) are spent.
             log.warning("job %s: progress not published: %s", self.job_id, exc)

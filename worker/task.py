@@ -20,7 +20,7 @@ import logging
 from typing import Any
 
 import redis
-from celery.exceptions import Ignore, Reject
+from celery.exceptions import BackendError, Ignore, Reject
 from celery.worker import state as worker_state
 
 from producer.celeryconf import TASK_NAME
@@ -138,5 +138,5 @@ def _settle(task: Any, runtime: Runtime, run: Run, exc: DanceError, attempt: int
 def _mark_requeued(task: Any, job_id: str, attempt: int, exc: DanceError) -> None:
     try:
         task.update_state(state=REQUEUED_STATE, meta={"job_id": job_id, "attempt": attempt, **exc.as_dict()})
-    except redis.RedisError as state_exc:  # deliberate: the handback matters more than the state shown meanwhile
+    except (redis.RedisError, BackendError) as state_exc:  # deliberate: the handback matters more than the state
         log.warning("job %s: REQUEUED state not recorded (%s)", job_id, state_exc)

@@ -11,9 +11,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 
 from producer import keys
+from producer.celeryconf import TASK_NAME
+from producer.errors import DanceError
 from tests.fixtures.workers import Cluster
 from tests.support.jobs import dance_request, job_counter
 from tests.support.processes import wait_until
@@ -209,3 +212,26 @@ def test_a_live_run_that_dies_right_after_its_copy_was_dropped_still_gets_its_jo
         # Then the job is not lost: its message comes back once its lease and entry expire, and B runs it
         result = handle.result(timeout_s=90)
     assert result["worker"]["hostname"].startswith("b@")
+
+
+def test_a_redelivered_copy_of_a_failed_job_is_dropped_and_leaves_its_failure_as_it_was(
+    cluster: Cluster, comfysim: Any, media_server: Any, tmp_path: Path
+) -> None:
+    # Given a job that failed for good (its image is gone)
+    sim = comfysim(exec_s=0.2)
+    worker = cluster.start_worker("w", sim.url, **FAST)
+    gone = media_server.serve("/gone.png", b"", status=404)
+    request = dance_request(media_server, tmp_path, reference_image=gone)
+    with cluster.client() as client:
+        handle = client.submit(request, job_id="failed-for-good")
+        with pytest.raises(DanceError) as failed:
+            handle.result(timeout_s=60)
+        # When a copy of its message is delivered again (a redelivery after a broker outage)
+        client.app.send_task(TASK_NAME, kwargs={"request": request}, task_id="failed-for-good", queue="dance")
+        # Then the copy is dropped without running, and the job still reads as the failure it was
+        worker.wait_for_log("job.already_ended")
+        assert handle.status() == "FAILURE"
+        with pytest.raises(DanceError) as again:
+            handle.result(timeout_s=5)
+    assert failed.value.code == again.value.code == "input.not_found"
+    assert job_counter(cluster.broker_url, keys.attempts("failed-for-good")) == 1
