@@ -41,7 +41,7 @@ from worker.outputs import MANIFEST_NAME, store_outputs
 from worker.ownership.cancels import FENCED, CancelFlag
 from worker.ownership.leases import new_token
 from worker.ownership.predecessor import forget_prompt, record_prompt, stop_predecessor
-from worker.ownership.registry import Run
+from worker.ownership.registry import CLAIMING, Run
 from worker.pipeline import EXECUTING, FINISHING, PREPARING, WAITING
 from worker.progress import ProgressReporter
 from worker.prompt_run import PromptOutcome, PromptRun
@@ -174,6 +174,7 @@ def _claim(runtime: Runtime, ctx: JobContext) -> dict[str, Any] | None:
                         "nor releases it", job_id=ctx.job_id, holder=holder)
         if seen_ms is None:
             log.warning("job %s is held by %s; checking that it lives", ctx.job_id, holder)
+            ctx.phase(CLAIMING)
         seen_ms = remaining_ms if remaining_ms >= 0 else seen_ms
         ctx.cancel.event.wait(LEASE_POLL_S)
 

@@ -36,7 +36,9 @@ class Run:
     message: HeldMessage | None
     key: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     cancel: CancelFlag = field(default_factory=CancelFlag)
-    phase: str = CLAIMING
+    #: A run counts as staged from its start, like any job taken ahead; only a copy that waits on another
+    #: run's lease is CLAIMING, which holds a thread but no GPU.
+    phase: str = PREPARING
     #: The execution lease token while this run holds the lease (worker/ownership/leases.py).
     lease_token: str | None = None
     prompt_id: str | None = None
