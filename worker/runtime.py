@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 
 #: Timeout of the bookkeeping Redis client's calls, in seconds.
 REDIS_TIMEOUT_S = 5.0
-#: Retries of a bookkeeping call while the broker is away: about 30 s in all with this backoff.
-REDIS_RETRIES = 12
+#: Pauses between the retries of a bookkeeping call while the broker is away; how many retries follows
+#: from ``DANCE_REDIS_RETRY_S`` (the default 30 s gives 12 retries, 30.3 s of nominal pauses).
 REDIS_RETRY_BACKOFF = Backoff(base_s=0.1, cap_s=4.0)
 #: Timeout of the heartbeat's own Redis calls, in seconds: it retries on its own, fast, and must never
 #: hang on a dead connection while leases run out.
@@ -51,6 +51,16 @@ class RedisBackoff(AbstractBackoff):
 
     def compute(self, failures: int) -> float:
         return self.backoff.delay_s(max(0, failures - 1))
+
+
+def retries_within(budget_s: float, backoff: Backoff) -> int:
+    """The fewest retries whose nominal (unjittered) pauses add up to ``budget_s`` or more: how long a call
+    keeps trying while the broker refuses connections (jitter shortens each pause by up to a fifth)."""
+    retries, waited_s = 0, 0.0
+    while waited_s < budget_s:
+        waited_s += min(backoff.cap_s, backoff.base_s * backoff.factor ** retries)
+        retries += 1
+    return retries
 
 
 @dataclass
@@ -88,7 +98,7 @@ class Runtime:
             settings.broker_url, settings.sentinel_master,
             socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S,
             # A broker restart (AOF reload) must not fail the jobs running meanwhile.
-            retry=Retry(RedisBackoff(REDIS_RETRY_BACKOFF), REDIS_RETRIES),
+            retry=Retry(RedisBackoff(REDIS_RETRY_BACKOFF), retries_within(settings.redis_retry_s, REDIS_RETRY_BACKOFF)),
             retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
         registry = Registry()

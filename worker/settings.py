@@ -71,6 +71,10 @@ DEFAULT_COMFYUI_HTTP_TIMEOUT_S = 30.0
 DEFAULT_MAX_ATTEMPTS = 5
 #: Lifetime of presigned result URLs, in seconds (7 days, the S3 maximum).
 DEFAULT_PRESIGN_EXPIRES_S = 7 * 24 * 3600
+#: How long a job's bookkeeping Redis call (leases, counters, markers) retries while the broker does not
+#: answer, in seconds: long enough to ride out a broker restart (AOF reload) or a Sentinel failover;
+#: past it the job is handed back (broker.unreachable).
+DEFAULT_REDIS_RETRY_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,7 @@ class WorkerSettings:
     comfyui_http_timeout_s: float = DEFAULT_COMFYUI_HTTP_TIMEOUT_S
     comfyui_queue_wait_s: float = DEFAULT_COMFYUI_QUEUE_WAIT_S
     presign_expires_s: int = DEFAULT_PRESIGN_EXPIRES_S
+    redis_retry_s: float = DEFAULT_REDIS_RETRY_S
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     drain_s: float = DEFAULT_DRAIN_S
     pipeline_depth: int = DEFAULT_PIPELINE_DEPTH
@@ -160,6 +165,9 @@ class WorkerSettings:
                 job_deadline_s=self.job_deadline_s,
                 max_job_deadline_s=self.max_job_deadline_s,
             )
+        if self.redis_retry_s < 0:
+            raise error(CONFIG_INVALID, "DANCE_REDIS_RETRY_S must be 0 (no retry) or more",
+                        redis_retry_s=self.redis_retry_s)
         if self.pipeline_depth < 0:
             raise error(CONFIG_INVALID, "DANCE_PIPELINE_DEPTH must be 0 (serial) or more",
                         pipeline_depth=self.pipeline_depth)
@@ -192,6 +200,7 @@ class WorkerSettings:
             comfyui_http_timeout_s=env_float(env, "COMFYUI_HTTP_TIMEOUT_S", DEFAULT_COMFYUI_HTTP_TIMEOUT_S),
             comfyui_queue_wait_s=env_float(env, "COMFYUI_QUEUE_WAIT_S", max_deadline),
             presign_expires_s=env_int(env, "DANCE_PRESIGN_EXPIRES_S", DEFAULT_PRESIGN_EXPIRES_S),
+            redis_retry_s=env_float(env, "DANCE_REDIS_RETRY_S", DEFAULT_REDIS_RETRY_S),
             max_attempts=env_int(env, "DANCE_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS),
             comfyui_input_dir=_path_or_none(env.get("COMFYUI_INPUT_DIR")),
             comfyui_output_dir=_path_or_none(env.get("COMFYUI_OUTPUT_DIR")),

@@ -138,5 +138,8 @@ def _settle(task: Any, runtime: Runtime, run: Run, exc: DanceError, attempt: int
 def _mark_requeued(task: Any, job_id: str, attempt: int, exc: DanceError) -> None:
     try:
         task.update_state(state=REQUEUED_STATE, meta={"job_id": job_id, "attempt": attempt, **exc.as_dict()})
-    except (redis.RedisError, BackendError) as state_exc:  # deliberate: the handback matters more than the state
+    except (redis.RedisError, BackendError) as state_exc:
+        # Deliberate: the handback matters more than the state shown meanwhile. The result backend retries
+        # on its own and then raises BackendStoreError, not a redis error: that too must not turn the
+        # handback into a failure without a code.
         log.warning("job %s: REQUEUED state not recorded (%s)", job_id, state_exc)

@@ -100,6 +100,7 @@ class Heartbeat:
             self.registry.fence(run)
             return False
         if renewal is Renewal.TAKEN_BACK:
-            log.warning("job %s: its execution lease had expired (broker away for longer than its TTL); "
-                        "nobody took it, so this run took it back", run.job_id)
+            log.warning("job %s: its execution lease was gone (the broker was away for longer than its TTL, "
+                        "or a failover promoted a replica that lacked it); nobody held it, so this run took it back",
+                        run.job_id)
         return True
