@@ -84,7 +84,7 @@ def generate(
         try:
             return run_job(runtime, ctx, request)
         except redis.RedisError as exc:
-            # The bookkeeping client already retried for about 30 s: hand the job back rather than fail it.
+            # The bookkeeping client already retried for DANCE_REDIS_RETRY_S: hand the job back, never fail it.
             broker = error(BROKER_UNREACHABLE, f"the broker did not answer: {type(exc).__name__}", job_id=job_id)
             _settle(self, runtime, run, broker, ctx.attempt)
             raise broker from exc
