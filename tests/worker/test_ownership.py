@@ -34,6 +34,14 @@ def _gpu_runs(*sims: Any) -> int:
     return sum(len(sim.state()["runs"]) + int(bool(sim.state()["held"])) for sim in sims)
 
 
+def _redeliver_a_copy(broker: redis.Redis) -> bytes:
+    """Push a copy of the one held message back onto its queue, as kombu's restore on a broker connection
+    loss leaves it; returns its delivery tag."""
+    [(tag, entry)] = broker.hgetall("unacked").items()
+    broker.rpush("dance:5", json.dumps(json.loads(entry)[0]))
+    return tag
+
+
 def _outlast_visibility_timeouts(broker: redis.Redis) -> None:
     """Wait until the held message's unacked_index score has been refreshed for three visibility timeouts."""
     seen: list[float] = []
@@ -148,12 +156,10 @@ def test_a_redelivered_copy_of_a_live_job_is_dropped_at_once_and_the_worker_take
     with cluster.client() as client:
         handle = client.submit(dance_request(media_server, tmp_path), job_id="live-job")
         wait_until(lambda: sim_a.state()["held"], 30, "the prompt to be held on A")
-        [(tag, entry)] = broker.hgetall("unacked").items()
-        payload, _exchange, _key = json.loads(entry)
         worker_b = cluster.start_worker("b", sim_b.url, **FAST)
         worker_b.wait_for_log(" ready.")
         # When B receives the copy
-        broker.rpush("dance:5", json.dumps(payload))
+        tag = _redeliver_a_copy(broker)
         # Then B drops it within a lease TTL, without a GPU run, and takes the next job at once
         worker_b.wait_for_log("job.duplicate_delivery", timeout_s=3 * VISIBILITY_TIMEOUT_S)
         other = client.submit(dance_request(media_server, tmp_path, seed=99), job_id="next-job")
@@ -200,10 +206,9 @@ def test_a_live_run_that_dies_right_after_its_copy_was_dropped_still_gets_its_jo
     with cluster.client() as client:
         handle = client.submit(dance_request(media_server, tmp_path), job_id="holder-dies")
         wait_until(lambda: sim_a.state()["held"], 30, "the prompt to be held on A")
-        [(tag, entry)] = broker.hgetall("unacked").items()
         worker_b = cluster.start_worker("b", sim_b.url, **FAST)
         worker_b.wait_for_log(" ready.")
-        broker.rpush("dance:5", json.dumps(json.loads(entry)[0]))
+        tag = _redeliver_a_copy(broker)
         worker_b.wait_for_log("job.duplicate_delivery", timeout_s=3 * VISIBILITY_TIMEOUT_S)
         # When A freezes before its heartbeat can put back the entry the copy's ack deleted, then dies
         worker_a.signal(signal.SIGSTOP)

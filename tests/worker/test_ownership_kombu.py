@@ -10,11 +10,11 @@ import pytest
 import redis
 from kombu import Connection, Exchange, Queue
 
-from worker.ownership.kombu_compat import UNACKED_INDEX_KEY, UNACKED_KEY, UnackedIndex, held_message
+from worker.ownership.kombu_compat import UNACKED_INDEX_KEY, UNACKED_KEY, HeldMessage, UnackedIndex, held_message
 
 
 @pytest.fixture
-def delivered(redis_db: str) -> Iterator[tuple[Connection, Any]]:
+def delivered(redis_db: str) -> Iterator[tuple[Any, HeldMessage]]:
     """One message published and received, not acknowledged, through kombu's own Redis transport."""
     queue = Queue("compat", Exchange("compat"), routing_key="compat")
     with Connection(redis_db) as connection:
@@ -24,13 +24,15 @@ def delivered(redis_db: str) -> Iterator[tuple[Connection, Any]]:
         received: list[Any] = []
         with connection.Consumer(queue, callbacks=[lambda _body, message: received.append(message)]):
             connection.drain_events(timeout=10)
-        yield connection, received[0]
+        held = held_message(received[0])
+        assert held is not None
+        yield received[0], held
 
 
-def test_a_held_messages_entry_is_exactly_what_kombu_stored_for_it(delivered: tuple[Connection, Any],
+def test_a_held_messages_entry_is_exactly_what_kombu_stored_for_it(delivered: tuple[Any, HeldMessage],
                                                                     redis_db: str) -> None:
     # Given a message kombu delivered and holds unacknowledged
-    _, message = delivered
+    message, _ = delivered
     broker = redis.Redis.from_url(redis_db)
     # When the heartbeat's view of it is built
     held = held_message(message)
@@ -41,13 +43,11 @@ def test_a_held_messages_entry_is_exactly_what_kombu_stored_for_it(delivered: tu
 
 
 def test_an_entry_deleted_by_a_stale_ack_is_put_back_and_kombu_can_restore_it(
-    delivered: tuple[Connection, Any], redis_db: str
+    delivered: tuple[Any, HeldMessage], redis_db: str
 ) -> None:
     # Given a held message whose unacked entry a superseded copy's ack deleted (same delivery tag)
-    _, message = delivered
+    message, held = delivered
     broker = redis.Redis.from_url(redis_db)
-    held = held_message(message)
-    assert held is not None
     broker.hdel(UNACKED_KEY, held.delivery_tag)
     broker.zrem(UNACKED_INDEX_KEY, held.delivery_tag)
     # When the heartbeat keeps it
@@ -61,13 +61,11 @@ def test_an_entry_deleted_by_a_stale_ack_is_put_back_and_kombu_can_restore_it(
 
 
 def test_messages_the_worker_holds_without_owning_are_only_refreshed_never_recreated(
-    delivered: tuple[Connection, Any], redis_db: str
+    delivered: tuple[Any, HeldMessage], redis_db: str
 ) -> None:
     # Given a held message and a tag kombu no longer tracks
-    _, message = delivered
+    _, held = delivered
     broker = redis.Redis.from_url(redis_db)
-    held = held_message(message)
-    assert held is not None
     # When both are kept as "others"
     UnackedIndex(broker).keep([], [held.delivery_tag, "gone-tag"], now_s=42.0)
     # Then the live one's score moves and the other is not invented

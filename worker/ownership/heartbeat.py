@@ -43,7 +43,6 @@ class Heartbeat:
         self.interval_s, self.retry_s = interval_s, min(retry_s, interval_s)
         #: Delivery tags of every message the worker holds (Celery's reserved requests).
         self.held_tags = held_tags
-        self.beats = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dance-heartbeat", daemon=True)
 
@@ -85,7 +84,6 @@ class Heartbeat:
                 self.index.keep(owned, others)
             for ward in self.registry.wards():
                 self.index.keep_while_leased(ward.message, keys.lease(ward.job_id))
-        self.beats += 1
 
     def _renew(self, run: Run) -> bool:
         """Renew one run's lease; whether the run still owns its job."""
