@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 #: Shortest pause between two published progress updates of one job, in seconds.
 MIN_INTERVAL_S = 0.5
 PROGRESS_STATE = "PROGRESS"
+#: What a state write raises when the broker is away: a Redis error, kombu's, or Celery's BackendError once
+#: its own retries of the write (result_backend_always_retry) are spent.
+STATE_WRITE_ERRORS = (redis.RedisError, OperationalError, BackendError)
 
 
 class ProgressReporter:
@@ -42,7 +45,7 @@ class ProgressReporter:
         """Mark the job STARTED once this run owns it (worker/app.py turns Celery's own tracking off)."""
         try:
             self.task.update_state(state=states.STARTED, meta={"pid": os.getpid(), "hostname": hostname})
-        except (redis.RedisError, OperationalError, BackendError) as exc:
+        except STATE_WRITE_ERRORS as exc:
             log.warning("job %s: STARTED not recorded: %s", self.job_id, exc)
 
     def stage_changed(self, stage: str) -> None:
@@ -71,7 +74,7 @@ class ProgressReporter:
         try:
             self.task.update_state(state=PROGRESS_STATE, meta=meta)
             self.task.send_event("task-progress", result=describe_progress(meta), **meta)
-        except (redis.RedisError, OperationalError, BackendError) as exc:
+        except STATE_WRITE_ERRORS as exc:
             # Progress is a view; a broker hiccup must not fail the job it describes. BackendError is what
             # Celery raises once its own retries of the write (result_backend_always_retry) are spent.
             log.warning("job %s: progress not published: %s", self.job_id, exc)
