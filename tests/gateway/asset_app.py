@@ -1,0 +1,54 @@
+"""A private app that serves only the asset routes, over real Redis and real storage, on a loopback
+port in a thread of its own; the tests talk to it over HTTP like any client."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import redis as redis_lib
+from aiohttp import web
+
+from gateway.asset_routes import ASSET_SERVICES, AssetServices, add_asset_routes
+from tests.support.processes import free_port
+from worker.storage import Storage
+
+#: How long the app may take to start or stop, in seconds.
+SERVE_TIMEOUT_S = 30.0
+#: How long stopping waits for requests still in flight, in seconds.
+SHUTDOWN_TIMEOUT_S = 2.0
+
+
+class ServedAssets:
+    """The asset routes served at ``base_url`` until ``stop``."""
+
+    def __init__(self, redis: redis_lib.Redis, storage: Storage, *, spool_dir: Path, max_upload_bytes: int) -> None:
+        self.spool_dir = spool_dir
+        app = web.Application()
+        app[ASSET_SERVICES] = AssetServices(redis, storage, max_upload_bytes=max_upload_bytes, spool_dir=spool_dir)
+        add_asset_routes(app)
+        # A short shutdown: a test that left a connection mid-request must not hold up the next one.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+        self._port = free_port()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="asset-routes", daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._port}"
+
+    def start(self) -> ServedAssets:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(SERVE_TIMEOUT_S)
+        return self
+
+    async def _serve(self) -> None:
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self._port).start()
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(SERVE_TIMEOUT_S)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(SERVE_TIMEOUT_S)
+        self._loop.close()
