@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,9 +47,13 @@ from producer.errors import (
     ASSET_BLOB_NOT_FOUND,
     ASSET_NOT_FOUND,
     ASSET_TOO_LARGE,
+    CONFIG_INVALID,
     error,
 )
-from worker.storage import Storage
+from producer.redisurl import redis_client
+from producer.settings import ProducerSettings, env_int
+from worker.settings import DEFAULT_PRESIGN_EXPIRES_S
+from worker.storage import Storage, open_storage
 from worker.storage.local import path_from_file_uri
 
 #: The largest asset an upload may carry, in bytes (2 GiB), unless the app's services say otherwise.
@@ -58,6 +64,8 @@ FROM_HASH_MAX_BYTES = 16 << 10
 FROM_HASH_FIELDS = frozenset({"hash", "file_path"})
 #: Name of the content route, for building its URL.
 CONTENT_ROUTE = "v2-asset-content"
+#: Seconds one Redis call of the asset routes may take before it fails (the producer's broker timeout).
+REDIS_SOCKET_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -71,12 +79,43 @@ class AssetServices:
     #: Folder of the temporary files uploads are spooled to (None: the system's temporary folder).
     spool_dir: Path | None = None
 
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> AssetServices:
+        """The broker's Redis and the cluster's storage, named by the same variables the workers read."""
+        env = os.environ if environ is None else environ
+        producer = ProducerSettings.from_env(env)
+        max_upload_bytes = env_int(env, "DANCE_GATEWAY_MAX_ASSET_BYTES", DEFAULT_MAX_ASSET_BYTES)
+        if max_upload_bytes < 1:
+            raise error(CONFIG_INVALID, "DANCE_GATEWAY_MAX_ASSET_BYTES must be at least 1",
+                        variable="DANCE_GATEWAY_MAX_ASSET_BYTES")
+        presign_expires_s = env_int(env, "DANCE_PRESIGN_EXPIRES_S", DEFAULT_PRESIGN_EXPIRES_S)
+        spool_dir = env.get("DANCE_GATEWAY_SPOOL_DIR") or None
+        return cls(
+            redis=redis_client(producer.broker_url, producer.sentinel_master, socket_timeout=REDIS_SOCKET_TIMEOUT_S),
+            storage=open_storage(producer.storage_url, presign_expires_s=presign_expires_s),
+            max_upload_bytes=max_upload_bytes,
+            spool_dir=Path(spool_dir) if spool_dir else None,
+        )
+
 
 ASSET_SERVICES = web.AppKey("dance.gateway.asset_services", AssetServices)
 
 
+async def _services_from_env(app: web.Application) -> AsyncIterator[None]:
+    services = AssetServices.from_env()
+    app[ASSET_SERVICES] = services
+    yield
+    services.redis.close()
+
+
 def add_asset_routes(app: web.Application) -> None:
-    """Register the v2 asset routes; ``app[ASSET_SERVICES]`` must be set before the app starts."""
+    """Register the v2 asset routes.
+
+    Their Redis and storage are ``app[ASSET_SERVICES]`` if the caller set it first, else built from the
+    environment when the app starts (and closed when it stops).
+    """
+    if ASSET_SERVICES not in app:
+        app.cleanup_ctx.append(_services_from_env)
     app.router.add_post("/api/v2/assets", guarded(upload_asset))
     app.router.add_post("/api/v2/assets/from-hash", guarded(mint_from_hash))
     app.router.add_route("HEAD", "/api/v2/assets/by-hash/{hash}", guarded(probe_hash))

@@ -20,14 +20,19 @@ SERVE_TIMEOUT_S = 30.0
 SHUTDOWN_TIMEOUT_S = 2.0
 
 
+def asset_app(redis: redis_lib.Redis, storage: Storage, *, spool_dir: Path, max_upload_bytes: int) -> web.Application:
+    """An app of only the asset routes, over the given Redis and storage."""
+    app = web.Application()
+    app[ASSET_SERVICES] = AssetServices(redis, storage, max_upload_bytes=max_upload_bytes, spool_dir=spool_dir)
+    add_asset_routes(app)
+    return app
+
+
 class ServedAssets:
     """The asset routes served at ``base_url`` until ``stop``."""
 
-    def __init__(self, redis: redis_lib.Redis, storage: Storage, *, spool_dir: Path, max_upload_bytes: int) -> None:
+    def __init__(self, app: web.Application, *, spool_dir: Path) -> None:
         self.spool_dir = spool_dir
-        app = web.Application()
-        app[ASSET_SERVICES] = AssetServices(redis, storage, max_upload_bytes=max_upload_bytes, spool_dir=spool_dir)
-        add_asset_routes(app)
         # A short shutdown: a test that left a connection mid-request must not hold up the next one.
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
         self._port = free_port()

@@ -20,7 +20,7 @@ from comfy_sdk import Comfy
 from gateway.asset_http import UPLOAD_CHUNK_BYTES
 from harness.seaweed import S3Server
 from producer import assets
-from tests.gateway.asset_app import ServedAssets
+from tests.gateway.asset_app import ServedAssets, asset_app
 from tests.support.processes import wait_until
 from worker.storage import Storage, open_storage
 from worker.storage.base import CHUNK_BYTES
@@ -67,7 +67,8 @@ def folder_storage(tmp_path: Path) -> Storage:
 def serve(redis: redis_lib.Redis, storage: Storage, tmp_path: Path) -> Iterator[ServedAssets]:
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir()
-    served = ServedAssets(redis, storage, spool_dir=spool_dir, max_upload_bytes=MAX_UPLOAD_BYTES).start()
+    app = asset_app(redis, storage, spool_dir=spool_dir, max_upload_bytes=MAX_UPLOAD_BYTES)
+    served = ServedAssets(app, spool_dir=spool_dir).start()
     try:
         yield served
     finally:
