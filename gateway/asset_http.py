@@ -28,6 +28,7 @@ from producer.errors import (
     ASSET_BAD_UPLOAD,
     ASSET_BLOB_NOT_FOUND,
     ASSET_HASH_MISMATCH,
+    ASSET_IDEMPOTENCY_REUSE,
     ASSET_MISSING,
     ASSET_NOT_FOUND,
     ASSET_TOO_LARGE,
@@ -63,6 +64,7 @@ V2_ERRORS: dict[str, tuple[int, str]] = {
     ASSET_BLOB_NOT_FOUND: (404, "blob_not_found"),
     ASSET_NOT_FOUND: (404, "not_found"),
     ASSET_BAD_RANGE: (416, "range_not_satisfiable"),
+    ASSET_IDEMPOTENCY_REUSE: (422, "idempotency_key_reuse"),
     STORAGE_UNAVAILABLE: (503, "storage_unavailable"),
     BROKER_UNREACHABLE: (503, "broker_unavailable"),
 }

@@ -39,6 +39,7 @@ from gateway.asset_http import (
     presigned_expiry,
     read_upload,
 )
+from gateway.asset_replay import remember, replayed, upload_key
 from producer import assets
 from producer.assets import DEFAULT_CONTENT_TYPE, AssetRecord, Spool
 from producer.errors import (
@@ -155,9 +156,13 @@ async def _visible_record(request: web.Request) -> AssetRecord:
 
 
 async def upload_asset(request: web.Request) -> web.Response:
-    """POST /api/v2/assets: 201 with ``created_new: true`` for new bytes, 200 with false for a dedup hit."""
+    """POST /api/v2/assets: 201 with ``created_new: true`` for new bytes, 200 with false for a dedup hit.
+
+    A repeat under the same Idempotency-Key answers what the first upload did (gateway/asset_replay.py).
+    """
     services = _services(request)
     owner = caller_owner(request)
+    replay_key = upload_key(request, owner)
     declared = request.content_length
     if declared is not None and declared > services.max_upload_bytes + FORM_OVERHEAD_BYTES:
         raise error(ASSET_TOO_LARGE, "the upload is larger than the asset size cap",
@@ -176,10 +181,16 @@ async def upload_asset(request: web.Request) -> web.Response:
         file_path = None if named is None else clean_file_path(named)
 
         def store() -> tuple[dict[str, Any], bool]:
-            record, created_new = assets.store_spooled(
-                services.redis, services.storage, spooled, content_type=content_type, file_path=file_path,
-                owner=owner,
-            )
+            replay = None if replay_key is None else replayed(services.redis, replay_key, spooled.hex_digest)
+            if replay is not None:
+                record, created_new = replay
+            else:
+                record, created_new = assets.store_spooled(
+                    services.redis, services.storage, spooled, content_type=content_type, file_path=file_path,
+                    owner=owner,
+                )
+                if replay_key is not None:
+                    remember(services.redis, replay_key, record, created_new)
             return _describe(request, services, record, created_new), created_new
 
         body, created_new = await asyncio.to_thread(store)

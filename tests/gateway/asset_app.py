@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import httpx
 import redis as redis_lib
 from aiohttp import web
 
@@ -18,6 +22,8 @@ from worker.storage import Storage
 SERVE_TIMEOUT_S = 30.0
 #: How long stopping waits for requests still in flight, in seconds.
 SHUTDOWN_TIMEOUT_S = 2.0
+#: Timeout of one HTTP call in the asset tests, in seconds.
+HTTP_TIMEOUT_S = 30.0
 
 
 def asset_app(redis: redis_lib.Redis, storage: Storage, *, spool_dir: Path, max_upload_bytes: int) -> web.Application:
@@ -57,3 +63,44 @@ class ServedAssets:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(SERVE_TIMEOUT_S)
         self._loop.close()
+
+
+@contextmanager
+def served_assets(
+    redis: redis_lib.Redis, storage: Storage, tmp_path: Path, *, max_upload_bytes: int,
+) -> Iterator[ServedAssets]:
+    """The asset routes over ``redis`` and ``storage`` served for the ``with`` block, spooling to tmp_path/spool."""
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    served = ServedAssets(
+        asset_app(redis, storage, spool_dir=spool_dir, max_upload_bytes=max_upload_bytes), spool_dir=spool_dir,
+    ).start()
+    try:
+        yield served
+    finally:
+        served.stop()
+
+
+def pattern(total_bytes: int) -> bytes:
+    block = bytes(range(251))
+    return (block * (total_bytes // len(block) + 1))[:total_bytes]
+
+
+def upload(base_url: str, data: bytes, *, fields: dict[str, str] | None = None, filename: str = "a.png",
+           part_type: str = "image/png") -> httpx.Response:
+    form = {"content_type": part_type, "file_path": filename, **(fields or {})}
+    return httpx.post(
+        f"{base_url}/api/v2/assets", data=form, files={"file": (filename, data, part_type)}, timeout=HTTP_TIMEOUT_S,
+    )
+
+
+def leftovers(redis: redis_lib.Redis, gateway: ServedAssets) -> tuple[list[bytes], list[Path]]:
+    """What a failed upload could leave: asset keys in Redis and files in the spool folder."""
+    return sorted(redis.scan_iter("dance:asset*")), sorted(gateway.spool_dir.iterdir())
+
+
+def error_of(response: httpx.Response) -> dict[str, Any]:
+    body: dict[str, Any] = response.json()
+    assert set(body) == {"error"} and {"code", "message", "details"} <= set(body["error"])
+    envelope: dict[str, Any] = body["error"]
+    return envelope

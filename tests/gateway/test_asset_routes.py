@@ -3,11 +3,9 @@ Redis and real storage (a folder and SeaweedFS S3)."""
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -20,8 +18,7 @@ from comfy_sdk import Comfy
 from gateway.asset_http import UPLOAD_CHUNK_BYTES
 from harness.seaweed import S3Server
 from producer import assets
-from tests.gateway.asset_app import ServedAssets, asset_app
-from tests.support.processes import wait_until
+from tests.gateway.asset_app import HTTP_TIMEOUT_S, ServedAssets, error_of, pattern, served_assets, upload
 from worker.storage import Storage, open_storage
 from worker.storage.base import CHUNK_BYTES
 
@@ -29,8 +26,6 @@ from worker.storage.base import CHUNK_BYTES
 MAX_UPLOAD_BYTES = 4 * CHUNK_BYTES
 #: A body several upload chunks and storage chunks long, with an odd tail, in bytes.
 MULTI_CHUNK_BYTES = 2 * CHUNK_BYTES + 3 * UPLOAD_CHUNK_BYTES + 11
-#: Timeout of one HTTP call in these tests, in seconds.
-HTTP_TIMEOUT_S = 30.0
 #: How long the gateway may take to notice a client that went away, in seconds.
 DISCONNECT_TIMEOUT_S = 30.0
 #: Read cap for stored blobs, in bytes.
@@ -38,10 +33,6 @@ READ_CAP_BYTES = 64 << 20
 #: The presigned URL lifetime of the S3 storage of these tests, in seconds.
 PRESIGN_EXPIRES_S = 600
 
-
-def pattern(total_bytes: int) -> bytes:
-    block = bytes(range(251))
-    return (block * (total_bytes // len(block) + 1))[:total_bytes]
 
 
 @pytest.fixture
@@ -65,14 +56,8 @@ def folder_storage(tmp_path: Path) -> Storage:
 
 
 def serve(redis: redis_lib.Redis, storage: Storage, tmp_path: Path) -> Iterator[ServedAssets]:
-    spool_dir = tmp_path / "spool"
-    spool_dir.mkdir()
-    app = asset_app(redis, storage, spool_dir=spool_dir, max_upload_bytes=MAX_UPLOAD_BYTES)
-    served = ServedAssets(app, spool_dir=spool_dir).start()
-    try:
+    with served_assets(redis, storage, tmp_path, max_upload_bytes=MAX_UPLOAD_BYTES) as served:
         yield served
-    finally:
-        served.stop()
 
 
 @pytest.fixture
@@ -100,24 +85,7 @@ def low(gateway: ServedAssets) -> Iterator[ComfyLow]:
     client.close()
 
 
-def upload(base_url: str, data: bytes, *, fields: dict[str, str] | None = None, filename: str = "a.png",
-           part_type: str = "image/png") -> httpx.Response:
-    form = {"content_type": part_type, "file_path": filename, **(fields or {})}
-    return httpx.post(
-        f"{base_url}/api/v2/assets", data=form, files={"file": (filename, data, part_type)}, timeout=HTTP_TIMEOUT_S,
-    )
 
-
-def leftovers(redis: redis_lib.Redis, gateway: ServedAssets) -> tuple[list[bytes], list[Path]]:
-    """What a failed upload could leave: asset keys in Redis and files in the spool folder."""
-    return sorted(redis.scan_iter("dance:asset*")), sorted(gateway.spool_dir.iterdir())
-
-
-def error_of(response: httpx.Response) -> dict[str, Any]:
-    body: dict[str, Any] = response.json()
-    assert set(body) == {"error"} and {"code", "message", "details"} <= set(body["error"])
-    envelope: dict[str, Any] = body["error"]
-    return envelope
 
 
 def test_the_sdk_uploads_a_file_and_gets_a_v2_asset_with_the_servers_blake3(
@@ -200,122 +168,10 @@ def test_an_upload_many_chunks_long_is_streamed_to_storage_whole(gateway: Served
         assert content.read() == data
 
 
-def test_an_upload_whose_declared_hash_differs_answers_409_hash_mismatch_and_leaves_nothing(
-    gateway: ServedAssets, redis: redis_lib.Redis, storage: Storage
-) -> None:
-    # Given bytes and a declared hash of other bytes
-    data = pattern(30_000)
-    declared = "blake3:" + blake3(b"other").hexdigest()
-    # When they are uploaded
-    response = upload(gateway.base_url, data, fields={"expected_hash": declared})
-    # Then the answer is 409 hash_mismatch, and no record, blob or temporary file is left
-    assert response.status_code == 409
-    assert error_of(response)["code"] == "hash_mismatch"
-    assert leftovers(redis, gateway) == ([], [])
-    assert not storage.exists(assets.blob_key(blake3(data).hexdigest()))
 
 
-def test_an_upload_with_the_right_declared_hash_is_accepted(gateway: ServedAssets) -> None:
-    # Given bytes and their own blake3, in upper case
-    data = pattern(5_000)
-    declared = "blake3:" + blake3(data).hexdigest().upper()
-    # When they are uploaded, Then the upload is accepted
-    assert upload(gateway.base_url, data, fields={"expected_hash": declared}).status_code == 201
 
 
-def test_an_upload_streamed_past_the_size_cap_answers_413_and_leaves_nothing(
-    gateway: ServedAssets, redis: redis_lib.Redis
-) -> None:
-    # Given a chunked body (no Content-Length) one chunk past the cap
-    boundary = "cap-boundary"
-
-    def body() -> Iterator[bytes]:
-        yield (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x"\r\n\r\n').encode()
-        for _ in range(MAX_UPLOAD_BYTES // UPLOAD_CHUNK_BYTES + 1):
-            yield b"x" * UPLOAD_CHUNK_BYTES
-        yield f"\r\n--{boundary}--\r\n".encode()
-
-    # When it is posted
-    response = httpx.post(
-        f"{gateway.base_url}/api/v2/assets", content=body(), timeout=HTTP_TIMEOUT_S,
-        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
-    )
-    # Then the answer is 413 payload_too_large naming the cap, and nothing is left
-    assert response.status_code == 413
-    assert error_of(response)["details"]["max_bytes"] == MAX_UPLOAD_BYTES
-    assert leftovers(redis, gateway) == ([], [])
-
-
-def test_an_upload_declaring_a_length_past_the_cap_is_refused_before_its_body_is_read(
-    gateway: ServedAssets, redis: redis_lib.Redis
-) -> None:
-    # Given a request whose Content-Length is far past the cap, of which only the head is sent
-    with socket.create_connection(("127.0.0.1", int(gateway.base_url.rsplit(":", 1)[1])), HTTP_TIMEOUT_S) as conn:
-        conn.sendall(
-            b"POST /api/v2/assets HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-            + f"Content-Length: {MAX_UPLOAD_BYTES * 10}\r\n\r\n".encode()
-        )
-        # When the gateway answers, Then it is 413 at once, and nothing is left
-        answer = conn.recv(4096)
-    assert answer.startswith(b"HTTP/1.1 413")
-    assert b'"payload_too_large"' in answer
-    assert leftovers(redis, gateway) == ([], [])
-
-
-def test_a_client_that_disconnects_mid_upload_leaves_no_temporary_file_blob_or_record(
-    gateway: ServedAssets, redis: redis_lib.Redis
-) -> None:
-    # Given an upload whose first megabyte has reached the gateway's spool
-    port = int(gateway.base_url.rsplit(":", 1)[1])
-    conn = socket.create_connection(("127.0.0.1", port), HTTP_TIMEOUT_S)
-    conn.sendall(
-        b"POST /api/v2/assets HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-        + f"Content-Length: {MAX_UPLOAD_BYTES}\r\n\r\n".encode()
-        + b'--b\r\nContent-Disposition: form-data; name="file"; filename="x"\r\n\r\n'
-        + b"y" * CHUNK_BYTES
-    )
-    wait_until(
-        lambda: any(path.stat().st_size > 0 for path in gateway.spool_dir.iterdir()), DISCONNECT_TIMEOUT_S,
-        "the upload's first bytes in the spool folder",
-    )
-    # When the client goes away before the rest
-    conn.close()
-    # Then the spooled file goes, and no record or blob index was written
-    wait_until(lambda: not any(gateway.spool_dir.iterdir()), DISCONNECT_TIMEOUT_S, "an empty spool folder")
-    assert leftovers(redis, gateway) == ([], [])
-
-
-@pytest.mark.parametrize(
-    ("content_type", "body"),
-    [
-        ("application/json", b'{"file": "x"}'),
-        ("multipart/form-data; boundary=b",
-         b'--b\r\nContent-Disposition: form-data; name="file_path"\r\n\r\nx\r\n--b--\r\n'),
-        ("multipart/form-data; boundary=b",
-         b'--b\r\nContent-Disposition: form-data; name="tags"\r\n\r\nred\r\n'
-         b'--b\r\nContent-Disposition: form-data; name="file"; filename="x"\r\n\r\nabc\r\n--b--\r\n'),
-        ("multipart/form-data; boundary=b",
-         b'--b\r\nContent-Disposition: form-data; name="expected_hash"\r\n\r\nsha256:00\r\n'
-         b'--b\r\nContent-Disposition: form-data; name="file"; filename="x"\r\n\r\nabc\r\n--b--\r\n'),
-        ("multipart/form-data; boundary=b",
-         b'--b\r\nContent-Disposition: form-data; name="content_type"\r\n\r\nnot a type\r\n'
-         b'--b\r\nContent-Disposition: form-data; name="file"; filename="x"\r\n\r\nabc\r\n--b--\r\n'),
-        ("multipart/form-data; boundary=b", b"--b\r\nthis is not a part\r\n"),
-    ],
-    ids=["not-multipart", "no-file-part", "tags-unsupported", "bad-expected-hash", "bad-content-type", "garbled"],
-)
-def test_a_malformed_upload_answers_422_invalid_request_and_leaves_nothing(
-    folder_gateway: ServedAssets, redis: redis_lib.Redis, content_type: str, body: bytes
-) -> None:
-    # Given a malformed upload, When it is posted
-    response = httpx.post(
-        f"{folder_gateway.base_url}/api/v2/assets", content=body, headers={"Content-Type": content_type},
-        timeout=HTTP_TIMEOUT_S,
-    )
-    # Then it is refused as invalid_request, and nothing is left
-    assert response.status_code == 422, response.text
-    assert error_of(response)["code"] == "invalid_request"
-    assert leftovers(redis, folder_gateway) == ([], [])
 
 
 def test_minting_from_an_unknown_or_malformed_hash_is_refused_with_its_typed_error(gateway: ServedAssets) -> None:
