@@ -105,6 +105,12 @@ def test_the_sdk_uploads_a_file_and_gets_a_v2_asset_with_the_servers_blake3(
     assert (described.size_bytes, described.content_type, described.file_path) == (50_000, "image/png", "photo.png")
     assert described.job_id is None and described.expires_at is not None
     assert storage.read_bytes(assets.blob_key(digest), READ_CAP_BYTES) == image.read_bytes()
+    # And the SDK's core/ASSET reference to it names it for the asset store
+    reference = handle.as_reference()
+    assert assets.asset_ref_id(reference) == asset_id
+    assert assets.refs_in({"1": {"class_type": "LoadImage", "inputs": {"image": reference}}}) == [
+        ("1", "image", asset_id),
+    ]
 
 
 def test_the_sdk_committing_the_same_bytes_again_mints_from_the_hash_and_stores_no_second_blob(
