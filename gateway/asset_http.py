@@ -8,6 +8,7 @@ outputs; ``expires_at`` is the record's retention (its Redis TTL).
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import re
 import time
@@ -246,7 +247,9 @@ async def _read_text(part: BodyPartReader) -> str:
 
 async def _spool_file(part: BodyPartReader, spool: Spool) -> None:
     while chunk := await part.read_chunk(UPLOAD_CHUNK_BYTES):
-        spool.write(chunk)
+        # Hashing and the disk write happen in a thread: a slow disk must not stall every other request
+        # (an SSE stream among them) that this event loop serves.
+        await asyncio.to_thread(spool.write, chunk)
 
 
 async def read_upload(request: web.Request, spool: Spool) -> UploadForm:
