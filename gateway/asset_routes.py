@@ -15,6 +15,7 @@ redirects and drops the bearer token for the other origin) and reads the ``Locat
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import os
 from collections.abc import AsyncIterator, Mapping
@@ -81,19 +82,29 @@ class AssetServices:
     spool_dir: Path | None = None
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> AssetServices:
-        """The broker's Redis and the cluster's storage, named by the same variables the workers read."""
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, *, producer: ProducerSettings | None = None,
+        redis: redis_lib.Redis | None = None,
+    ) -> AssetServices:
+        """The broker's Redis and the cluster's storage, named by the same variables the workers read.
+
+        ``producer`` and ``redis``, when given, are the app's own (its settings and its producer client's
+        Redis), so that the asset routes use exactly what the job routes use.
+        """
         env = os.environ if environ is None else environ
-        producer = ProducerSettings.from_env(env)
+        chosen = producer if producer is not None else ProducerSettings.from_env(env)
         max_upload_bytes = env_int(env, "DANCE_GATEWAY_MAX_ASSET_BYTES", DEFAULT_MAX_ASSET_BYTES)
         if max_upload_bytes < 1:
             raise error(CONFIG_INVALID, "DANCE_GATEWAY_MAX_ASSET_BYTES must be at least 1",
                         variable="DANCE_GATEWAY_MAX_ASSET_BYTES")
         presign_expires_s = env_int(env, "DANCE_PRESIGN_EXPIRES_S", DEFAULT_PRESIGN_EXPIRES_S)
         spool_dir = env.get("DANCE_GATEWAY_SPOOL_DIR") or None
+        client = redis if redis is not None else redis_client(
+            chosen.broker_url, chosen.sentinel_master, socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+        )
         return cls(
-            redis=redis_client(producer.broker_url, producer.sentinel_master, socket_timeout=REDIS_SOCKET_TIMEOUT_S),
-            storage=open_storage(producer.storage_url, presign_expires_s=presign_expires_s),
+            redis=client,
+            storage=open_storage(chosen.storage_url, presign_expires_s=presign_expires_s),
             max_upload_bytes=max_upload_bytes,
             spool_dir=Path(spool_dir) if spool_dir else None,
         )
@@ -102,11 +113,27 @@ class AssetServices:
 ASSET_SERVICES = web.AppKey("dance.gateway.asset_services", AssetServices)
 
 
+def _gateway_context(app: web.Application) -> Any | None:
+    """gw-core's GatewayContext on ``app`` (gateway/context.py), None where there is none."""
+    try:
+        context = importlib.import_module("gateway.context")
+    except ModuleNotFoundError:
+        return None
+    key = getattr(context, "CONTEXT", None)
+    return app[key] if key is not None and key in app else None
+
+
 async def _services_from_env(app: web.Application) -> AsyncIterator[None]:
-    services = AssetServices.from_env()
+    """Services for an app that set none: its gateway context's settings and Redis where it has them."""
+    ctx = _gateway_context(app)
+    if ctx is None:
+        services = AssetServices.from_env()
+    else:
+        services = AssetServices.from_env(producer=ctx.settings.producer, redis=ctx.client.redis)
     app[ASSET_SERVICES] = services
     yield
-    services.redis.close()
+    if ctx is None:
+        services.redis.close()
 
 
 def add_asset_routes(app: web.Application) -> None:
