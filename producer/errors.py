@@ -274,6 +274,15 @@ FLOWER_AUTH_REQUIRED = _code(
 )
 BROKER_UNREACHABLE = _code("broker.unreachable", BrokerUnavailable, "the broker (Redis) cannot be reached")
 
+# Workflow jobs
+WORKFLOW_INVALID = _code(
+    "workflow.invalid", InvalidRequest, "the submitted workflow is not an API-format graph of nodes"
+)
+CAPABILITY_MISSING = _code(
+    "capability.missing", WorkflowInvalid,
+    "no live worker of the queue offers every node class and model file the workflow needs",
+)
+
 
 def error(code: str, message: str, **details: Any) -> DanceError:
     """Build the error of the branch that ``code`` is registered under."""

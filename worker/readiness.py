@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from producer.errors import COMFY_NO_GPU, WORKFLOW_MISSING_MODELS, WORKFLOW_UNKNOWN_NODES, DanceError
+from producer.graph import ModelRef
 from worker.comfy_http import PROBE_TIMEOUT_S, ComfyHttp
-from worker.workflow import ModelRef, Workflow
+from worker.workflow import Workflow
 
 #: Timeout of the /object_info request, in seconds: the full dump of a large install is several MB.
 OBJECT_INFO_TIMEOUT_S = 10.0
