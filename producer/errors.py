@@ -278,6 +278,9 @@ BROKER_UNREACHABLE = _code("broker.unreachable", BrokerUnavailable, "the broker 
 WORKFLOW_INVALID = _code(
     "workflow.invalid", InvalidRequest, "the submitted workflow is not an API-format graph of nodes"
 )
+JOB_ID_REUSED = _code(
+    "job.id_reused", InvalidRequest, "a workflow job id (idempotency key) was submitted before with another workflow"
+)
 CAPABILITY_MISSING = _code(
     "capability.missing", WorkflowInvalid,
     "no live worker of the queue offers every node class and model file the workflow needs",

@@ -7,6 +7,8 @@ read from its literal inputs, the same way the readiness probe reads the bundled
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,3 +62,9 @@ def model_refs(graph: dict[str, Any]) -> list[ModelRef]:
     return [ModelRef(str(node_id), str(node["class_type"]), name, value)
             for node_id, node in graph.items()
             for name, value in (node.get("inputs") or {}).items() if names_model(value)]
+
+
+def workflow_fingerprint(graph: dict[str, Any], owner: str) -> str:
+    """A stable digest of what a workflow job runs and for whom: key order and spacing do not count."""
+    canonical = json.dumps({"owner": owner, "workflow": graph}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
