@@ -1,4 +1,7 @@
-"""The ``dance.generate`` task: the Celery face of :func:`worker.job.run_job`.
+"""The ``dance.generate`` and ``dance.workflow`` tasks: the Celery faces of :func:`worker.job.run_job`.
+
+Both kinds share everything here (the handback to an idle peer, the run in the registry, the outcomes
+below); only the kind of job they build from their kwargs differs.
 
 Outcomes, by branch of the error tree:
 
@@ -24,7 +27,7 @@ import redis
 from celery.exceptions import BackendError, Ignore, Reject
 from celery.worker import state as worker_state
 
-from producer.celeryconf import TASK_NAME
+from producer.celeryconf import TASK_NAME, WORKFLOW_TASK_NAME
 from producer.errors import (
     BROKER_UNREACHABLE,
     JOB_ALREADY_ENDED,
@@ -46,6 +49,7 @@ from worker.ownership.kombu_compat import HeldMessage, held_message
 from worker.ownership.registry import Run
 from worker.progress import ProgressReporter
 from worker.runtime import Runtime
+from worker.workflow_job import WorkflowJob
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,14 @@ def generate(
     self: Any, request: dict[str, Any], deadline_s: float | None = None, submitted_at: float | None = None
 ) -> dict[str, Any]:
     return run_task(self, lambda: DanceJob.parse(request), deadline_s, submitted_at)
+
+
+@app.task(name=WORKFLOW_TASK_NAME, **TASK_OPTIONS)
+def run_workflow(
+    self: Any, workflow: dict[str, Any], owner: str = "", deadline_s: float | None = None,
+    submitted_at: float | None = None,
+) -> dict[str, Any]:
+    return run_task(self, lambda: WorkflowJob.parse(workflow, owner), deadline_s, submitted_at)
 
 
 def run_task(
