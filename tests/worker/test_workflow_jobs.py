@@ -60,11 +60,13 @@ def _published(broker: redis.Redis, queue: str = "dance") -> bool:
 def test_a_workflow_job_with_an_uploaded_image_asset_runs_end_to_end_and_its_outputs_are_assets_in_storage(
     cluster: Cluster, comfysim: Any, s3_env: Any, tmp_path: Path
 ) -> None:
-    # Given a worker whose storage is a real S3 server, and an image uploaded there as an asset of team-a
+    # Given a worker whose storage is a real S3 server and who shares its ComfyUI's folders, and an image
+    # uploaded to that storage as an asset of team-a
     storage_url = f"s3://{s3_env.bucket}/workflows"
     sim = comfysim()
     env = {k: v for k, v in s3_env.env.items() if k != "AWS_MAX_ATTEMPTS"}
-    cluster.start_worker("w", sim.url, DANCE_STORAGE_URL=storage_url, **env)
+    cluster.start_worker("w", sim.url, DANCE_STORAGE_URL=storage_url, COMFYUI_INPUT_DIR=str(sim.data_dir / "input"),
+                         COMFYUI_OUTPUT_DIR=str(sim.data_dir / "output"), **env)
     broker = redis.Redis.from_url(cluster.broker_url)
     image, pixels = _image_asset(broker, storage_url, tmp_path)
     # When a workflow that inverts it is submitted and awaited
@@ -84,9 +86,16 @@ def test_a_workflow_job_with_an_uploaded_image_asset_runs_end_to_end_and_its_out
     prompt = sim.last_prompt()
     assert prompt["1"]["inputs"]["image"].startswith("dance-wf-e2e~")
     assert prompt["3"]["inputs"]["filename_prefix"].startswith("dance/wf-e2e~")
-    # and the manifest, written once, holds the same outputs
+    # and the manifest was written once
     assert result["manifest"]["uri"].endswith("/wf-e2e/manifest.json")
     assert job_counter(cluster.broker_url, keys.manifest_writes("wf-e2e")) == 1
+    # and the janitor leaves nothing of the run in ComfyUI: not the uploaded asset, not the saved image
+    def leftovers() -> list[str]:
+        found = list((sim.data_dir / "input").glob("dance-wf-e2e~*"))
+        return [path.name for path in found + list((sim.data_dir / "output" / "dance").glob("wf-e2e~*"))]
+
+    assert [name for name in sim.state()["uploads"] if name.startswith("dance-wf-e2e~")]
+    wait_until(lambda: not leftovers(), 30, "the run's files to be cleaned")
 
 
 def test_a_workflow_with_a_node_class_no_worker_has_is_refused_before_queueing_with_the_class_named(
