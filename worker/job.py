@@ -115,8 +115,8 @@ def _run_owned(runtime: Runtime, ctx: JobContext, request: DanceRequest) -> dict
     job_dir.mkdir(parents=True, exist_ok=True)
     try:
         image, video = _fetch_inputs(runtime, ctx, request, job_dir)
-        graph, seed = _bind(runtime, ctx, request, image, video)
-        outcome = _execute(runtime, ctx, graph)
+        graph, seed = bind(runtime, ctx, request, image, video)
+        outcome = execute(runtime, ctx, graph)
         return _record(runtime, ctx, request, seed, outcome)
     finally:
         shutil.rmtree(job_dir, ignore_errors=True)
@@ -220,6 +220,12 @@ def _fetch_inputs(
     video = fetch_input(request.dance_video, job_dir, "video", settings, runtime.storage)
     ctx.timings.download_s = time.monotonic() - began
     _raise_if_cancelled(runtime, ctx)
+    return upload_inputs(runtime, ctx, image, video)
+
+
+def upload_inputs(runtime: Runtime, ctx: JobContext, image: FetchedInput | Path, video: FetchedInput | Path
+                  ) -> tuple[str, str]:
+    """Upload a run's two checked inputs to ComfyUI; returns the names its loaders take."""
     ctx.progress.stage_changed("uploading_inputs")
     # Run-scoped names: concurrent jobs and attempts on one ComfyUI never overwrite each other's inputs.
     image_name = _upload(runtime, ctx, image, "reference")
@@ -227,13 +233,12 @@ def _fetch_inputs(
     return image_name, video_name
 
 
-def _upload(runtime: Runtime, ctx: JobContext, fetched: FetchedInput, role: str) -> str:
-    return runtime.http.upload_image(
-        fetched.path, runtime.janitor.input_name(ctx.job_id, ctx.run_token, role, fetched.path.suffix)
-    )
+def _upload(runtime: Runtime, ctx: JobContext, fetched: FetchedInput | Path, role: str) -> str:
+    path = fetched.path if isinstance(fetched, FetchedInput) else fetched
+    return runtime.http.upload_image(path, runtime.janitor.input_name(ctx.job_id, ctx.run_token, role, path.suffix))
 
 
-def _bind(
+def bind(
     runtime: Runtime, ctx: JobContext, request: DanceRequest, image: str, video: str
 ) -> tuple[dict[str, Any], int]:
     seed = request.resolved_seed(ctx.job_id)
@@ -253,7 +258,8 @@ def _bind(
     return graph, seed
 
 
-def _execute(runtime: Runtime, ctx: JobContext, graph: dict[str, Any]) -> PromptOutcome:
+def execute(runtime: Runtime, ctx: JobContext, graph: dict[str, Any]) -> PromptOutcome:
+    """Queue the bound graph and wait for its outcome, stopping the prompt whenever the wait ends early."""
     ctx.progress.node_classes = {node_id: node["class_type"] for node_id, node in graph.items()}
     ctx.progress.stage_changed("executing")
     # A fresh client id per attempt: a stale socket of an earlier attempt can never steal the
@@ -277,7 +283,8 @@ def _execute(runtime: Runtime, ctx: JobContext, graph: dict[str, Any]) -> Prompt
                 record_prompt(runtime.redis, ctx.job_id, ctx.run.lease_token, runtime.settings.comfyui_url,
                               submitted.prompt_id)
         ctx.phase(WAITING)
-        count(runtime, keys.executions(ctx.job_id))
+        if ctx.run is not None:  # a run outside the registry (the warm-up) is no job and has no job keys
+            count(runtime, keys.executions(ctx.job_id))
         log.info("job %s: ComfyUI prompt %s queued", ctx.job_id, submitted.prompt_id)
         if submitted.rejection is not None:
             raise submitted.rejection  # the valid part was queued: stopped below, no GPU time for a failed job
