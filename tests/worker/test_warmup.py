@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from producer import keys
 from producer.errors import DanceError
-from tests.fixtures.comfysim import ComfySim
+from tests.fixtures.comfysim import ComfySim, launch_comfysim
 from tests.fixtures.workers import Cluster
 from tests.simulator.test_model_loading import workflow_models
 from tests.support.jobs import dance_request, queued_messages, unacked_messages
@@ -207,6 +207,34 @@ def test_a_warm_up_request_file_runs_the_operators_media_and_a_bad_one_stops_the
     # Then it stops at start with config.invalid
     assert bad.wait(timeout_s=WAIT_S) != 0
     assert "[config.invalid] DANCE_WARMUP=" in bad.log()
+
+
+def test_a_comfyui_that_restarts_is_warmed_up_again_before_the_worker_takes_another_job(
+    cluster: Cluster, comfysim: Any, media_server: Any, tmp_path: Path
+) -> None:
+    # Given a warm, ready worker
+    sim = comfysim(exec_s=0.1, model_load_s=SHORT_LOAD_S)
+    worker = warm_worker(cluster, sim)
+    worker.wait_for_log(" ready.", timeout_s=WAIT_S)
+    # When its ComfyUI dies and comes back on the same port with no model loaded
+    sim.process.kill()
+    worker.wait_for_log("ComfyUI no longer ready", timeout_s=WAIT_S)
+    again = launch_comfysim(tmp_path / "again", port=sim.port, data_dir=sim.data_dir, exec_s=0.1,
+                            model_load_s=SHORT_LOAD_S)
+    try:
+        again.wait_ready()
+        worker.wait_for_log("ComfyUI ready again", timeout_s=WAIT_S)
+        # Then the worker warmed the new ComfyUI up before resuming: it loaded every model before any job
+        assert worker.log().count("warming up: running the workflow once") == 2
+        assert sorted(again.state()["model_loads"]) == sorted(workflow_models())
+        assert [str(run[3]).startswith("warmup") for run in again.state()["runs"]] == [True]
+        # and the next job loads none
+        with cluster.client() as client:
+            result = client.submit(dance_request(media_server, tmp_path)).result(timeout_s=WAIT_S)
+        assert result["status"] == "succeeded"
+        assert len(again.state()["model_loads"]) == len(workflow_models())
+    finally:
+        again.process.kill()
 
 
 @pytest.mark.parametrize(("value", "mode"), [
