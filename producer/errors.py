@@ -273,6 +273,10 @@ FLOWER_AUTH_REQUIRED = _code(
     "flower.auth_required", ConfigInvalid, "Flower would listen beyond loopback without authentication"
 )
 BROKER_UNREACHABLE = _code("broker.unreachable", BrokerUnavailable, "the broker (Redis) cannot be reached")
+# Cold start
+WORKER_WARMUP_FAILED = _code(
+    "worker.warmup_failed", WorkflowInvalid, "the worker's warm-up run of the workflow failed; it took no job"
+)
 
 # Assets
 ASSET_MISSING = _code(
