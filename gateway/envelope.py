@@ -33,10 +33,15 @@ V2_CODES: dict[str, tuple[int, str]] = {
     e.WORKFLOW_UNKNOWN_NODES: (422, "invalid_workflow"),
     e.WORKFLOW_MISSING_MODELS: (422, "invalid_workflow"),
     e.BROKER_UNREACHABLE: (503, "service_unavailable"),
+    e.ASSET_MISSING: (422, "missing_asset"),
+    e.ASSET_NOT_FOUND: (404, "not_found"),
+    e.ASSET_BLOB_NOT_FOUND: (404, "blob_not_found"),
+    e.ASSET_HASH_MISMATCH: (409, "hash_mismatch"),
+    e.ASSET_TOO_LARGE: (413, "payload_too_large"),
+    e.ASSET_BAD_RANGE: (416, "range_not_satisfiable"),
 }
-#: Codes other branches add (gw-assets, gw-workflow) mapped by name, so this table needs no import of them.
+#: Codes of branches not merged yet (gw-workflow), mapped by name until they land.
 V2_CODES_BY_NAME: dict[str, tuple[int, str]] = {
-    "asset.missing": (422, "missing_asset"),
     "capability.missing": (422, "invalid_workflow"),
 }
 

@@ -315,6 +315,24 @@ GATEWAY_BIND_REFUSED = _code(
     "gateway.bind_refused", ConfigInvalid, "the gateway would listen beyond loopback without API keys"
 )
 
+# Assets
+ASSET_MISSING = _code(
+    "asset.missing", InvalidRequest, "a core/ASSET reference is malformed or names no asset the caller may use"
+)
+ASSET_NOT_FOUND = _code("asset.not_found", InvalidRequest, "no asset with this id exists for the caller")
+ASSET_BLOB_NOT_FOUND = _code(
+    "asset.blob_not_found", InvalidRequest, "no stored blob has this hash (among the caller's uploads)"
+)
+ASSET_HASH_MISMATCH = _code(
+    "asset.hash_mismatch", InvalidRequest, "the uploaded bytes' blake3 differs from the hash the client declared"
+)
+ASSET_BAD_HASH = _code("asset.bad_hash", InvalidRequest, "a hash is not blake3:<64 lowercase hex digits>")
+ASSET_TOO_LARGE = _code("asset.too_large", InvalidRequest, "the upload is larger than the asset size cap")
+ASSET_BAD_UPLOAD = _code(
+    "asset.bad_upload", InvalidRequest, "the upload is not multipart/form-data with one file part"
+)
+ASSET_BAD_RANGE = _code("asset.bad_range", InvalidRequest, "the Range header names no bytes of the asset")
+
 
 def error(code: str, message: str, **details: Any) -> DanceError:
     """Build the error of the branch that ``code`` is registered under."""
