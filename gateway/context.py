@@ -21,6 +21,7 @@ from gateway.settings import GatewaySettings
 from producer.client import DanceClient
 from producer.errors import GATEWAY_IDEMPOTENCY_REUSE, GATEWAY_NOT_FOUND, error
 from producer.redisurl import is_sentinel
+from producer.schema import JOB_ID_PATTERN
 
 T = TypeVar("T")
 
@@ -92,7 +93,7 @@ def base_url(request: web.Request) -> str:
 
 
 def _plausible(job_id: str) -> bool:
-    return 0 < len(job_id) <= 128 and job_id.replace("-", "").replace("_", "").replace(".", "").isalnum()
+    return JOB_ID_PATTERN.fullmatch(job_id) is not None
 
 
 def subscriber_for(url: str) -> aioredis.Redis | None:

@@ -43,6 +43,7 @@ V2_CODES: dict[str, tuple[int, str]] = {
 #: Codes of branches not merged yet (gw-workflow), mapped by name until they land.
 V2_CODES_BY_NAME: dict[str, tuple[int, str]] = {
     "capability.missing": (422, "invalid_workflow"),
+    "job.id_reused": (422, "idempotency_key_reuse"),
 }
 
 
@@ -85,6 +86,12 @@ def make_error_middleware(retry_after_s: int) -> Any:
             if exc.status < 400:
                 raise
             return _http_error(exc)
+        except Exception:
+            # A bug, not a client's fault: logged with its traceback (which holds no header), answered in
+            # the envelope so clients still read a code.
+            log.exception("%s %s failed", request.method, request.path)
+            return web.json_response({"error": {"code": "internal_error", "message": "the gateway failed",
+                                                "details": None}}, status=500)
 
     return errors_middleware
 
