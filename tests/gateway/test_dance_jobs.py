@@ -104,3 +104,23 @@ def test_the_endpoint_health_counts_the_queue_and_its_ready_workers(
     health = cast(dict[str, Any], wait_until(idle_worker, 60, "the worker to be idle and ready"))
     assert health == {"jobs": {"inQueue": 0, "inProgress": 0},
                       "workers": {"idle": 1, "running": 0, "initializing": 0}, "queue": "dance"}
+
+
+def test_the_job_list_pages_newest_first_and_refuses_a_bad_filter(
+    cluster: Cluster, media_server: Any, tmp_path: Path, start_gateway: StartGateway
+) -> None:
+    # Given three queued jobs of one key
+    gateway = start_gateway()
+    body = {"input": dance_request(media_server, tmp_path)}
+    ids = [gateway.call("POST", "/v2/ep/run", json=body).json()["id"] for _ in range(3)]
+    # When the list is read two at a time
+    first = gateway.call("GET", "/api/v2/jobs?limit=2").json()
+    second = gateway.call("GET", f"/api/v2/jobs?limit=2&cursor={first['next_cursor']}").json()
+    # Then the pages hold the jobs newest first, once each, and the last page has no cursor
+    assert [j["id"] for j in first["jobs"] + second["jobs"]] == ids[::-1]
+    assert "next_cursor" not in second and all(j["status"] == "queued" for j in first["jobs"])
+    assert {"create_time", "update_time", "urls"} <= set(first["jobs"][0])
+    # and a filter by an unknown status, or a limit out of range, is a 400
+    for query in ("status=done", "limit=0", "limit=101", "limit=x"):
+        answer = gateway.call("GET", f"/api/v2/jobs?{query}")
+        assert answer.status_code == 400 and answer.json()["error"]["code"] == "invalid_request", query
