@@ -23,7 +23,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import redis
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from gateway.context import GatewayContext, base_url, context_of, principal_of
@@ -42,54 +41,73 @@ async def snapshots(ctx: GatewayContext, job_id: str,
 
     Ends after a terminal snapshot, or at ``deadline_s`` (monotonic) when given.
     """
-    channel = ctx.client.app.backend.get_key_for_task(job_id)
-    pubsub = await _subscribe(ctx.subscriber, channel)
+    feed = _Feed(ctx, job_id)
+    await feed.subscribe()
     try:
-        last = await ctx.call(lambda: read_snapshot(ctx.client, job_id))
+        last = await feed.read()
         yield last
-        quiet_since = time.monotonic()
+        quiet_since = last_read = time.monotonic()
+        interval_s, keepalive_s = ctx.settings.sse_poll_interval_s, ctx.settings.sse_keepalive_s
         while last.status not in TERMINAL and (deadline_s is None or time.monotonic() < deadline_s):
-            current = await _next(ctx, pubsub, job_id, last)
-            if current != last:
+            # Wake for whichever comes first: a published write, the next poll, a keep-alive, the deadline.
+            wake = min(last_read + interval_s, quiet_since + keepalive_s,
+                       deadline_s if deadline_s is not None else float("inf"))
+            current = await feed.heard(wake - time.monotonic(), last)
+            if current is None and time.monotonic() >= last_read + interval_s:
+                current, last_read = await feed.read(), time.monotonic()
+            if current is not None and current != last:
                 last, quiet_since = current, time.monotonic()
                 yield current
             elif time.monotonic() - quiet_since >= ctx.settings.sse_keepalive_s:
                 quiet_since = time.monotonic()
                 yield None
     finally:
-        if pubsub is not None:
+        await feed.close()
+
+
+class _Feed:
+    """One job's pub/sub subscription (when the backend offers one) and its reads."""
+
+    def __init__(self, ctx: GatewayContext, job_id: str) -> None:
+        self.ctx = ctx
+        self.job_id = job_id
+        self.pubsub: Any = None
+
+    async def subscribe(self) -> None:
+        if self.ctx.subscriber is None:
+            return
+        try:
+            self.pubsub = self.ctx.subscriber.pubsub(ignore_subscribe_messages=True)
+            await self.pubsub.subscribe(self.ctx.client.app.backend.get_key_for_task(self.job_id))
+        except (redis.RedisError, OSError) as exc:
+            log.warning("job %s events: pub/sub unavailable (%s); polling", self.job_id, type(exc).__name__)
+            await self.close()
+
+    async def read(self) -> Snapshot:
+        return await self.ctx.call(lambda: read_snapshot(self.ctx.client, self.job_id))
+
+    async def heard(self, timeout_s: float, last: Snapshot) -> Snapshot | None:
+        """The state write published within ``timeout_s``, or None (no pub/sub: just the wait)."""
+        timeout_s = max(0.0, timeout_s)
+        if self.pubsub is None:
+            await asyncio.sleep(timeout_s)
+            return None
+        try:
+            message = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout_s)
+        except (redis.RedisError, OSError) as exc:
+            log.warning("job %s events: pub/sub dropped (%s); polling", self.job_id, type(exc).__name__)
+            await self.close()
+            return None
+        if message is None or message.get("type") != "message":
+            return None
+        # A cancel request writes no state, so the flag is carried over; the next poll refreshes it.
+        return snapshot_from_meta(self.ctx.client.app.backend.decode_result(message["data"]), last.cancel_requested)
+
+    async def close(self) -> None:
+        if self.pubsub is not None:
+            pubsub, self.pubsub = self.pubsub, None
             with contextlib.suppress(redis.RedisError, OSError):
                 await pubsub.aclose()
-
-
-async def _subscribe(subscriber: aioredis.Redis | None, channel: bytes) -> Any:
-    if subscriber is None:
-        return None
-    try:
-        pubsub = subscriber.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(channel)
-        return pubsub
-    except (redis.RedisError, OSError) as exc:
-        log.warning("job events: pub/sub unavailable (%s); polling instead", type(exc).__name__)
-        return None
-
-
-async def _next(ctx: GatewayContext, pubsub: Any, job_id: str, last: Snapshot) -> Snapshot:
-    """The next state write heard on the channel, or a fresh read once the poll interval passed."""
-    interval_s = ctx.settings.sse_poll_interval_s
-    if pubsub is not None:
-        try:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=interval_s)
-        except (redis.RedisError, OSError) as exc:
-            log.warning("job %s events: pub/sub dropped (%s); polling", job_id, type(exc).__name__)
-            message = None
-            await asyncio.sleep(interval_s)
-        if message is not None and message.get("type") == "message":
-            meta = ctx.client.app.backend.decode_result(message["data"])
-            return snapshot_from_meta(meta, last.cancel_requested)
-    else:
-        await asyncio.sleep(interval_s)
-    return await ctx.call(lambda: read_snapshot(ctx.client, job_id))
 
 
 def frames_between(previous: Snapshot | None, current: Snapshot, record: JobRecord, base: str) -> list[bytes]:

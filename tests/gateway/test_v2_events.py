@@ -111,3 +111,25 @@ def test_cancelling_a_running_job_through_v2_reads_canceling_then_canceled_and_i
     again = gateway.call("POST", f"/api/v2/jobs/{job_id}/cancel").json()
     assert again["status"] == "canceled" and sim.state()["interrupts"] == 1
     assert gateway.call("GET", "/api/v2/jobs?status=canceled").json()["jobs"][0]["id"] == job_id
+
+
+def test_a_quiet_stream_sends_keep_alives_at_its_interval_even_when_polls_are_rarer(
+    cluster: Cluster, media_server: Any, tmp_path: Path, start_gateway: StartGateway
+) -> None:
+    # Given a queued job (no worker) and a gateway that keeps streams alive every second but polls every minute
+    gateway = start_gateway(DANCE_GATEWAY_SSE_KEEPALIVE_S="1", DANCE_GATEWAY_SSE_POLL_INTERVAL_S="60")
+    job_id = gateway.call("POST", "/v2/ep/run", json={"input": dance_request(media_server, tmp_path)}).json()["id"]
+    # When a client reads the raw stream
+    with gateway.call("GET", f"/api/v2/jobs/{job_id}/events", stream=True) as response:
+        lines = response.iter_lines(decode_unicode=True)
+        head = [next(lines) for _ in range(2)]
+        comments: list[str] = []
+        for line in lines:
+            if line.startswith(":"):
+                comments.append(line)
+            if len(comments) == 2:
+                break
+    # Then it opens with the queued status and then carries keep-alive comments, well before a poll
+    assert head == ["event: status", 'data: {"status":"queued","queue_position":null}']
+    assert comments == [": keep-alive", ": keep-alive"]
+    assert response.headers["Content-Type"].startswith("text/event-stream")
