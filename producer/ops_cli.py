@@ -87,9 +87,12 @@ def gateway(host: str | None, port: int | None) -> None:
     import dataclasses
     import logging
 
-    from gateway.app import run_gateway
-    from gateway.settings import GatewaySettings
-
+    try:
+        from gateway.app import run_gateway
+        from gateway.settings import GatewaySettings
+    except ImportError as exc:
+        raise click.ClickException(f"dance gateway needs the gateway extra: pip install 'xicon-dance[gateway]' "
+                                   f"({exc.name} is missing)") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = GatewaySettings.from_env()
