@@ -39,16 +39,15 @@ V2_CODES: dict[str, tuple[int, str]] = {
     e.ASSET_HASH_MISMATCH: (409, "hash_mismatch"),
     e.ASSET_TOO_LARGE: (413, "payload_too_large"),
     e.ASSET_BAD_RANGE: (416, "range_not_satisfiable"),
-}
-#: Codes of branches not merged yet (gw-workflow), mapped by name until they land.
-V2_CODES_BY_NAME: dict[str, tuple[int, str]] = {
-    "capability.missing": (422, "invalid_workflow"),
-    "job.id_reused": (422, "idempotency_key_reuse"),
+    e.WORKFLOW_INVALID: (422, "invalid_workflow"),
+    # The contract's typed error for a graph no worker can run, with the missing nodes/models in details.
+    e.CAPABILITY_MISSING: (422, "invalid_workflow"),
+    e.JOB_ID_REUSED: (422, "idempotency_key_reuse"),
 }
 
 
 def status_and_code(exc: e.DanceError) -> tuple[int, str]:
-    found = V2_CODES.get(exc.code) or V2_CODES_BY_NAME.get(exc.code)
+    found = V2_CODES.get(exc.code)
     if found is not None:
         return found
     if exc.code.startswith("workflow."):

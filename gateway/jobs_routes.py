@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from typing import Any, Protocol, cast
+from typing import Any
 
 from aiohttp import web
 
@@ -20,14 +20,13 @@ from gateway.job_index import KIND_WORKFLOW
 from gateway.jobview import V2_STATUSES, read_snapshot, v2_job
 from gateway.limits import read_json_object
 from gateway.settings import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
-from producer.client import JobHandle
 from producer.errors import (
     GATEWAY_INVALID_BODY,
     GATEWAY_UNSUPPORTED,
     GATEWAY_WORKFLOW_UI,
-    WORKFLOW_TEMPLATE,
     error,
 )
+from producer.graph import check_graph
 from producer.schema import check_timeout_s
 
 #: Body fields of the contract this cluster does not honour.
@@ -40,11 +39,6 @@ MAX_IDEMPOTENCY_KEY_CHARS = 255
 LIST_SCAN_BATCH = 50
 #: Most jobs one list request reads while filtering, so a rare status cannot make one request scan all.
 MAX_LIST_SCAN = 500
-
-
-class WorkflowSubmitter(Protocol):
-    def submit_workflow(self, workflow: dict[str, Any], *, job_id: str | None = None, queue: str | None = None,
-                        owner: str = "", deadline_s: float | None = None) -> JobHandle: ...
 
 
 def job_id_for(owner: str, idempotency_key: str | None) -> str:
@@ -64,16 +58,10 @@ def check_workflow(body: dict[str, Any]) -> dict[str, Any]:
         raise error(GATEWAY_UNSUPPORTED, f"this cluster does not honour {', '.join(unsupported + unknown)}",
                     fields=unsupported + unknown)
     workflow = body.get("workflow")
-    if not isinstance(workflow, dict) or not workflow:
-        raise error(WORKFLOW_TEMPLATE, "'workflow' must be an API-format graph (an object of nodes)")
-    if isinstance(workflow.get("nodes"), list) and "links" in workflow:
+    # The UI export first: the contract has its own code for it (workflow_format_ui).
+    if isinstance(workflow, dict) and isinstance(workflow.get("nodes"), list) and "links" in workflow:
         raise error(GATEWAY_WORKFLOW_UI, "this is a UI export; export the workflow in API format")
-    bad = [str(node_id) for node_id, node in workflow.items()
-           if not isinstance(node, dict) or not isinstance(node.get("class_type"), str)
-           or not isinstance(node.get("inputs", {}), dict)]
-    if bad:
-        raise error(WORKFLOW_TEMPLATE, f"nodes {', '.join(bad[:10])} lack a class_type or inputs object", nodes=bad)
-    return workflow
+    return check_graph(workflow)
 
 
 async def submit(request: web.Request) -> web.Response:
@@ -84,10 +72,8 @@ async def submit(request: web.Request) -> web.Response:
     queue = principal.queue(_optional_str(body, "queue"), ctx.client.settings.default_queue)
     deadline_s = check_timeout_s(body["deadline_s"]) if body.get("deadline_s") is not None else None
     job_id = job_id_for(principal.name, request.headers.get("Idempotency-Key"))
-    # Typed against gw-workflow's producer API (gateway.md): submit_workflow checks asset references and
-    # the queue's capabilities before anything is queued.
-    submitter = cast(WorkflowSubmitter, ctx.client)
-    record = await ctx.submit_claimed(principal, job_id, queue, KIND_WORKFLOW, lambda: submitter.submit_workflow(
+    # submit_workflow checks the asset references and the queue's capabilities before anything is queued.
+    record = await ctx.submit_claimed(principal, job_id, queue, KIND_WORKFLOW, lambda: ctx.client.submit_workflow(
         workflow, job_id=job_id, queue=queue, owner=principal.name, deadline_s=deadline_s))
     snapshot = await ctx.call(lambda: read_snapshot(ctx.client, record.id))
     return web.json_response(v2_job(record, snapshot, base_url(request)), status=201)

@@ -15,6 +15,11 @@ from producer.redisurl import sentinel_options
 
 #: The task name producers send; the worker registers the task under it. Never import the task.
 TASK_NAME = "dance.generate"
+#: The task name of a workflow job (an arbitrary API-format graph). Producers send it to the same queues as
+#: dance jobs, by naming the queue on every send (there are no task routes), so any worker of a queue runs both.
+WORKFLOW_TASK_NAME = "dance.workflow"
+#: Every task name a GPU worker runs; its ledger and metrics signals count exactly these as jobs.
+JOB_TASK_NAMES = frozenset({TASK_NAME, WORKFLOW_TASK_NAME})
 #: Priority a job gets when the caller gives none (0 runs first, 9 last). Redis treats a missing
 #: priority as 0, the highest, so without this every unprioritised job would jump the line.
 DEFAULT_PRIORITY = 5

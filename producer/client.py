@@ -15,19 +15,22 @@ import redis
 from celery.result import AsyncResult
 from kombu.exceptions import OperationalError
 
-from producer import keys, ledger
+from producer import assets, capabilities, keys, ledger
 from producer.batch import BatchHandle, SubmitCallback, submit_batch
 from producer.batchfile import BatchItem
-from producer.celeryconf import TASK_NAME, make_app, shared_config
+from producer.celeryconf import TASK_NAME, WORKFLOW_TASK_NAME, make_app, shared_config
 from producer.errors import (
     BROKER_UNREACHABLE,
+    CAPABILITY_MISSING,
     JOB_CANCELLED,
+    JOB_ID_REUSED,
     JOB_MALFORMED_RESULT,
     JOB_UNKNOWN,
     JOB_WAIT_TIMEOUT,
     DanceError,
     error,
 )
+from producer.graph import check_graph, workflow_fingerprint
 from producer.localmedia import stage_local_media
 from producer.redact import redact_url
 from producer.redisurl import redis_client
@@ -107,17 +110,70 @@ class DanceClient:
         callback = check_callback_url(callback_url) if callback_url is not None else None
         staged = stage_local_media(dict(request), job_id, self.settings.storage_url)
         payload = parse_request(staged).to_payload()
+        kwargs = {"request": payload, "deadline_s": deadline_s, "submitted_at": time.time()}
+        return self._publish(TASK_NAME, kwargs, options, callback=callback, shown=_shown_kwargs(kwargs))
+
+    def submit_workflow(
+        self,
+        workflow: dict[str, Any],
+        *,
+        job_id: str | None = None,
+        queue: str | None = None,
+        owner: str = "",
+        deadline_s: float | None = None,
+    ) -> JobHandle:
+        """Enqueue a workflow job: an API-format graph whose inputs may be ``core/ASSET`` references.
+
+        Before anything is queued: the graph's shape (``workflow.invalid``), that every referenced asset
+        exists for ``owner`` (``asset.missing``), and that one live worker of the queue offers every node
+        class and model file it names (``capability.missing``, details ``nodes``, ``models``, ``queue``).
+        A queue none of whose workers is alive (all restarting, or not started yet) takes the job, as it
+        takes dance jobs: it runs once a worker is ready. A ``job_id`` seen before returns that job's
+        handle and sends nothing, if it was submitted with the same workflow and owner (else
+        ``job.id_reused``).
+        """
+        job_id = check_job_id(job_id) if job_id is not None else uuid.uuid4().hex
+        queue = check_queue(queue or self.settings.default_queue)
+        deadline = check_timeout_s(deadline_s) if deadline_s is not None else None
+        graph = check_graph(workflow)
+        self._guard(lambda: assets.check_refs(self.redis, graph, owner=owner))
+        self._check_capabilities(queue, graph)
+        fingerprint = workflow_fingerprint(graph, owner)
+        if not self._guard(lambda: self.redis.set(keys.job_fingerprint(job_id), fingerprint, nx=True,
+                                                  ex=keys.JOB_KEY_TTL_S)):
+            known = self._guard(lambda: self.redis.get(keys.job_fingerprint(job_id)))
+            if known is not None and known.decode() != fingerprint:
+                raise error(JOB_ID_REUSED, f"job id {job_id} was submitted with another workflow", job_id=job_id)
+        kwargs = {"workflow": graph, "owner": owner, "deadline_s": deadline, "submitted_at": time.time()}
+        options = {"task_id": job_id, "queue": queue, "routing_key": queue}
+        shown = {"workflow": f"<{len(graph)} nodes>", "owner": owner, "deadline_s": deadline}
+        return self._publish(WORKFLOW_TASK_NAME, kwargs, options, callback=None, shown=shown)[0]
+
+    def _check_capabilities(self, queue: str, graph: dict[str, Any]) -> None:
+        missing = self._guard(lambda: capabilities.missing_for(self.redis, queue, graph))
+        if missing.blocks:
+            raise error(CAPABILITY_MISSING, f"no live worker of queue {queue} can run this workflow "
+                        f"(node classes {missing.nodes}, model files {missing.models})",
+                        nodes=missing.nodes, models=missing.models, queue=queue)
+        if missing.no_workers:
+            log.warning("no live worker of queue %s published its capabilities; queueing unchecked", queue)
+
+    def _publish(
+        self, task_name: str, kwargs: dict[str, Any], options: dict[str, Any], *, callback: str | None,
+        shown: dict[str, Any],
+    ) -> tuple[JobHandle, bool]:
+        """Claim the job id, then send the task: a claimed id publishes once; True if this call did."""
+        job_id, queue = str(options["task_id"]), str(options["queue"])
         if not self._claim(job_id, queue):
             return JobHandle(self, job_id), False
-        kwargs = {"request": payload, "deadline_s": deadline_s, "submitted_at": time.time()}
         try:
             if callback is not None:
                 self.redis.set(keys.job_callback(job_id), callback, ex=keys.JOB_KEY_TTL_S)
             self.app.send_task(
-                TASK_NAME, kwargs=kwargs, retry=True,
+                task_name, kwargs=kwargs, retry=True,
                 retry_policy={"max_retries": PUBLISH_MAX_RETRIES, "interval_start": 0.2, "interval_step": 0.5},
                 # Flower and worker logs show these reprs, never the signed URLs themselves.
-                argsrepr="()", kwargsrepr=repr(_shown_kwargs(kwargs)),
+                argsrepr="()", kwargsrepr=repr(shown),
                 **options,
             )
         except (OperationalError, redis.RedisError) as exc:

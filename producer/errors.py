@@ -333,6 +333,18 @@ ASSET_BAD_UPLOAD = _code(
 )
 ASSET_BAD_RANGE = _code("asset.bad_range", InvalidRequest, "the Range header names no bytes of the asset")
 
+# Workflow jobs
+WORKFLOW_INVALID = _code(
+    "workflow.invalid", InvalidRequest, "the submitted workflow is not an API-format graph of nodes"
+)
+JOB_ID_REUSED = _code(
+    "job.id_reused", InvalidRequest, "a workflow job id (idempotency key) was submitted before with another workflow"
+)
+CAPABILITY_MISSING = _code(
+    "capability.missing", WorkflowInvalid,
+    "no live worker of the queue offers every node class and model file the workflow needs",
+)
+
 
 def error(code: str, message: str, **details: Any) -> DanceError:
     """Build the error of the branch that ``code`` is registered under."""

@@ -54,6 +54,12 @@ def job_ended(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:ended"
 
 
+def job_fingerprint(job_id: str) -> str:
+    """The sha256 of a workflow job's graph and owner, set once (SET NX) by its first submit: a later submit
+    under the same id (an Idempotency-Key) is the same job only if it carries the same workflow."""
+    return f"{PREFIX}:job:{job_id}:fingerprint"
+
+
 def job_batch(job_id: str) -> str:
     """The id of the batch a job belongs to (a job belongs to at most one)."""
     return f"{PREFIX}:job:{job_id}:batch"
@@ -87,6 +93,17 @@ def ended_per_minute(minute: int) -> str:
 def worker_metrics(hostname: str) -> str:
     """A worker's metric snapshot (JSON), refreshed while it runs, expiring when it dies."""
     return f"{PREFIX}:metrics:{hostname}"
+
+
+def worker_capabilities(hostname: str) -> str:
+    """What a ready worker's ComfyUI offers (JSON: node classes, model files per loader), with a TTL."""
+    return f"{PREFIX}:capabilities:worker:{hostname}"
+
+
+def queue_capabilities(queue: str) -> str:
+    """A sorted set of the ready workers that consume ``queue``, scored by when each one's record expires
+    (Unix seconds): a member whose score has passed is a worker that stopped refreshing it."""
+    return f"{PREFIX}:capabilities:queue:{queue}"
 
 
 def outbox_entry(entry_id: str) -> str:

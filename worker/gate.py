@@ -168,6 +168,8 @@ class ComfyGate(bootsteps.StartStopStep):
 
     def _on_ready(self, verdict: Readiness) -> None:
         self.runtime.device = verdict.device
+        if verdict.capabilities is not None:  # only a full check reads /object_info
+            self.runtime.capabilities = verdict.capabilities
         if not self.ready.is_set():
             # Ready anew means a ComfyUI that may have restarted as another version: learn what it can do
             # (targeted interrupts) before anything stops a prompt.

@@ -1,8 +1,13 @@
-"""One dance job, from request to stored outputs: validate, fetch, upload, run, collect, record, clean.
+"""The path every job takes, whatever its kind: claim, prepare, execute, record, clean.
 
-The stages run in this order and each is timed. The manifest is written last, so its presence in
-storage means the job's outputs are complete; only then is ComfyUI cleaned (history entry and our
-uploaded inputs), because ComfyUI never cleans its own history or files.
+A job kind (worker/dance_job.py: the typed dance job; worker/workflow_job.py: an arbitrary API-format graph)
+supplies only what differs: how its inputs become a graph ComfyUI can run (:meth:`JobKind.prepare`) and how
+the prompt's files become the job's outputs (:meth:`JobKind.store`). Everything else is shared and happens
+here in this order, each stage timed: the execution lease (worker/claim.py), STARTED and the attempt count,
+the prompt with its pipelining phases, deadline and cancel, the fence before every result write, the
+manifest written last (put-if-absent, so its presence in storage means the job's outputs are complete), and
+only then the cleanup of ComfyUI (history entry and the run's uploaded inputs and outputs), because ComfyUI
+never cleans its own history or files.
 """
 
 from __future__ import annotations
@@ -15,33 +20,21 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 
 from producer import keys
-from producer.errors import (
-    COMFY_TIMEOUT,
-    JOB_ALREADY_ENDED,
-    JOB_BUSY_ELSEWHERE,
-    JOB_CANCELLED,
-    JOB_DUPLICATE_DELIVERY,
-    JOB_FENCED,
-    DanceError,
-    error,
-)
-from producer.redact import redact_url
-from producer.schema import DanceRequest, parse_request
+from producer.errors import COMFY_TIMEOUT, DanceError
+from worker.claim import claim, raise_if_cancelled, raise_if_fenced, read_manifest
 from worker.cleanup import new_run_token
 from worker.comfy_ws import EventSocket
-from worker.inputs import FetchedInput, fetch_input
 from worker.jobid import checked_job_id
 from worker.marks import JOB_MARK, WORKER_MARK, process_mark
-from worker.outputs import MANIFEST_NAME, store_outputs
-from worker.ownership.cancels import FENCED, CancelFlag
-from worker.ownership.leases import new_token
-from worker.ownership.predecessor import forget_prompt, record_prompt, stop_predecessor
-from worker.ownership.registry import CLAIMING, Run
+from worker.outputs import MANIFEST_NAME
+from worker.ownership.cancels import CancelFlag
+from worker.ownership.predecessor import forget_prompt, record_prompt
+from worker.ownership.registry import Run
 from worker.pipeline import EXECUTING, FINISHING, PREPARING, WAITING
 from worker.progress import ProgressReporter
 from worker.prompt_run import PromptOutcome, PromptRun
@@ -49,13 +42,6 @@ from worker.prompt_stop import stop_prompts_of_client
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
-
-#: Pause between two looks at a job whose execution lease another run holds, in seconds.
-LEASE_POLL_S = 0.5
-#: A lease TTL that grew by more than this between two looks was renewed: its holder lives, in ms.
-RENEWAL_SEEN_MS = 100
-#: Largest manifest read back from storage, in bytes (16 MiB).
-MANIFEST_MAX_BYTES = 16 << 20
 
 
 @dataclass
@@ -88,13 +74,22 @@ class JobContext:
     run_token: str = ""
 
 
-def run_job(runtime: Runtime, ctx: JobContext, raw_request: object) -> dict[str, Any]:
+class JobKind(Protocol):
+    """What one kind of job does on the shared path; both steps raise :class:`DanceError` on failure."""
+
+    def prepare(self, runtime: Runtime, ctx: JobContext, job_dir: Path) -> dict[str, Any]:
+        """Fetch and upload the job's inputs (run-scoped names) and return the graph to queue."""
+
+    def store(self, runtime: Runtime, ctx: JobContext, outcome: PromptOutcome, job_dir: Path) -> dict[str, Any]:
+        """Store the prompt's files; returns the fields of the result that belong to this kind."""
+
+
+def run_job(runtime: Runtime, ctx: JobContext, kind: JobKind) -> dict[str, Any]:
     """Run the job to its result dict; raises a :class:`DanceError` on failure."""
-    request = parse_request(raw_request)  # never trust the producer's validation
     checked_job_id(ctx.job_id)  # before any key or path is built from it
     ctx.run_token = ctx.run_token or new_run_token()
     try:
-        finished = _claim(runtime, ctx)
+        finished = claim(runtime, ctx)
         if finished is not None:
             log.info("job %s already has a manifest; returning it without GPU work", ctx.job_id)
             return finished
@@ -103,21 +98,21 @@ def run_job(runtime: Runtime, ctx: JobContext, raw_request: object) -> dict[str,
         ctx.attempt = count(runtime, keys.attempts(ctx.job_id))
         if ctx.attempt > 1:
             log.info("job %s: attempt %d", ctx.job_id, ctx.attempt)
-        return _run_owned(runtime, ctx, request)
+        return _run_owned(runtime, ctx, kind)
     finally:
         _release(runtime, ctx)
 
 
-def _run_owned(runtime: Runtime, ctx: JobContext, request: DanceRequest) -> dict[str, Any]:
+def _run_owned(runtime: Runtime, ctx: JobContext, kind: JobKind) -> dict[str, Any]:
     if ctx.submitted_at:
         ctx.timings.queued_s = max(0.0, ctx.started_at - ctx.submitted_at)
     job_dir = runtime.work_dir / checked_job_id(ctx.job_id)
     job_dir.mkdir(parents=True, exist_ok=True)
     try:
-        image, video = _fetch_inputs(runtime, ctx, request, job_dir)
-        graph, seed = _bind(runtime, ctx, request, image, video)
+        graph = kind.prepare(runtime, ctx, job_dir)
+        raise_if_cancelled(runtime, ctx)
         outcome = _execute(runtime, ctx, graph)
-        return _record(runtime, ctx, request, seed, outcome)
+        return _record(runtime, ctx, kind, outcome, job_dir)
     finally:
         shutil.rmtree(job_dir, ignore_errors=True)
         runtime.janitor.job_done(ctx.job_id, ctx.run_token, ctx.prompt_id)
@@ -134,123 +129,10 @@ def _release(runtime: Runtime, ctx: JobContext) -> None:
         log.warning("job %s: execution lease not released (%s); it expires by itself", ctx.job_id, exc)
 
 
-def _claim(runtime: Runtime, ctx: JobContext) -> dict[str, Any] | None:
-    """Take the job's execution lease, or return the manifest of a run that already finished it.
-
-    A redelivered copy of a job (a broker reconnect restores a running job's message; a sweep restores
-    one whose holder stopped refreshing it) decides quickly, holding a thread but not the GPU:
-
-    * the job already ended (failed or was cancelled for good): the copy is dropped, not run again;
-    * another run holds the lease and renews it (it lives: a run of this worker, or a renewal seen within
-      one lease TTL): the copy is dropped. Its acknowledgement deletes the ``unacked`` entry it shares with
-      the live run (same delivery tag); the live run's heartbeat puts it back (worker/ownership/kombu_compat.py);
-    * the lease expires unrenewed (its holder died): the copy takes it over and runs the job.
-    """
-    decide_by = time.monotonic() + runtime.leases.ttl_s + runtime.settings.heartbeat_interval_s
-    seen_ms: int | None = None
-    while True:
-        finished = _existing_manifest(runtime, ctx.job_id)
-        if finished is not None:
-            return finished
-        _raise_if_cancelled(runtime, ctx)
-        _raise_if_ended(runtime, ctx)
-        token = new_token(ctx.hostname)
-        if runtime.leases.try_acquire(ctx.job_id, token):
-            if ctx.run is not None:
-                runtime.registry.take_lease(ctx.run, token)
-            # The holder may have finished between our look at storage and the acquire.
-            finished = _existing_manifest(runtime, ctx.job_id)
-            if finished is None:
-                stop_predecessor(runtime.redis, ctx.job_id, token)  # a dead run's prompt may still hold a GPU
-            return finished
-        holder = runtime.leases.holder(ctx.job_id)
-        remaining_ms = runtime.leases.remaining_ms(ctx.job_id)
-        alive_here = holder is not None and runtime.registry.holder_alive_here(ctx.job_id, holder)
-        if alive_here or (seen_ms is not None and remaining_ms > seen_ms + RENEWAL_SEEN_MS):
-            raise error(JOB_DUPLICATE_DELIVERY, "a live run holds this job; this redelivered copy is dropped",
-                        job_id=ctx.job_id, holder=holder)
-        if time.monotonic() >= decide_by:
-            raise error(JOB_BUSY_ELSEWHERE, "another run holds this job's execution lease and neither renews "
-                        "nor releases it", job_id=ctx.job_id, holder=holder)
-        if seen_ms is None:
-            log.warning("job %s is held by %s; checking that it lives", ctx.job_id, holder)
-            ctx.phase(CLAIMING)
-        seen_ms = remaining_ms if remaining_ms >= 0 else seen_ms
-        ctx.cancel.event.wait(LEASE_POLL_S)
-
-
-def _raise_if_ended(runtime: Runtime, ctx: JobContext) -> None:
-    ended = runtime.redis.get(keys.job_ended(ctx.job_id))
-    if ended is not None:
-        raise error(JOB_ALREADY_ENDED, "the job already ended; this redelivered copy is dropped",
-                    job_id=ctx.job_id, ended=json.loads(ended))
-
-
-def _raise_if_fenced(runtime: Runtime, ctx: JobContext) -> None:
-    """The fence before every write of the job's result: only the lease's holder writes."""
-    token = ctx.run.lease_token if ctx.run is not None else None
-    if ctx.cancel.reason == FENCED or token is None or not runtime.leases.holds(ctx.job_id, token):
-        if ctx.run is not None:
-            runtime.registry.fence(ctx.run)
-        raise error(JOB_FENCED, "another run holds this job's execution lease now; this run writes nothing",
-                    job_id=ctx.job_id)
-
-
-def _existing_manifest(runtime: Runtime, job_id: str) -> dict[str, Any] | None:
-    key = f"{job_id}/{MANIFEST_NAME}"
-    if not runtime.storage.exists(key):
-        return None
-    manifest: dict[str, Any] = json.loads(runtime.storage.read_bytes(key, max_bytes=MANIFEST_MAX_BYTES))
-    return manifest
-
-
-def _raise_if_cancelled(runtime: Runtime, ctx: JobContext) -> None:
-    if ctx.cancel.event.is_set() or runtime.redis.exists(keys.cancelled(ctx.job_id)):
-        raise error(JOB_CANCELLED, "the job was cancelled before it ran", job_id=ctx.job_id)
-
-
-def _fetch_inputs(
-    runtime: Runtime, ctx: JobContext, request: DanceRequest, job_dir: Path
-) -> tuple[str, str]:
-    ctx.progress.stage_changed("downloading")
-    began = time.monotonic()
-    settings = runtime.settings.fetch
-    image = fetch_input(request.reference_image, job_dir, "image", settings, runtime.storage)
-    _raise_if_cancelled(runtime, ctx)
-    video = fetch_input(request.dance_video, job_dir, "video", settings, runtime.storage)
-    ctx.timings.download_s = time.monotonic() - began
-    _raise_if_cancelled(runtime, ctx)
-    ctx.progress.stage_changed("uploading_inputs")
-    # Run-scoped names: concurrent jobs and attempts on one ComfyUI never overwrite each other's inputs.
-    image_name = _upload(runtime, ctx, image, "reference")
-    video_name = _upload(runtime, ctx, video, "video")
-    return image_name, video_name
-
-
-def _upload(runtime: Runtime, ctx: JobContext, fetched: FetchedInput, role: str) -> str:
-    return runtime.http.upload_image(
-        fetched.path, runtime.janitor.input_name(ctx.job_id, ctx.run_token, role, fetched.path.suffix)
-    )
-
-
-def _bind(
-    runtime: Runtime, ctx: JobContext, request: DanceRequest, image: str, video: str
-) -> tuple[dict[str, Any], int]:
-    seed = request.resolved_seed(ctx.job_id)
-    graph = runtime.workflow.bind({
-        "reference_image_filename": image,
-        "dance_video_filename": video,
-        "prompt": request.prompt,
-        "negative_prompt": request.negative_prompt,
-        "width": request.width,
-        "height": request.height,
-        "steps": request.steps,
-        "cfg": request.cfg,
-        "seed": seed,
-        "output_prefix": f"{runtime.janitor.output_subfolder(ctx.job_id, ctx.run_token)}/dance",
-        "job_id": ctx.job_id,
-    })
-    return graph, seed
+def upload_input(runtime: Runtime, ctx: JobContext, path: Path, role: str) -> str:
+    """Upload one input under a run-scoped name: concurrent jobs and attempts on one ComfyUI never overwrite
+    each other's inputs, and the janitor removes exactly this run's files."""
+    return runtime.http.upload_image(path, runtime.janitor.input_name(ctx.job_id, ctx.run_token, role, path.suffix))
 
 
 def _execute(runtime: Runtime, ctx: JobContext, graph: dict[str, Any]) -> PromptOutcome:
@@ -303,39 +185,30 @@ def _stop_own_prompt(runtime: Runtime, run: PromptRun | None, client_id: str, ex
 
 
 def _record(
-    runtime: Runtime, ctx: JobContext, request: DanceRequest, seed: int, outcome: PromptOutcome
+    runtime: Runtime, ctx: JobContext, kind: JobKind, outcome: PromptOutcome, job_dir: Path
 ) -> dict[str, Any]:
-    _raise_if_fenced(runtime, ctx)
+    raise_if_fenced(runtime, ctx)
     ctx.progress.stage_changed("uploading_outputs")
     began = time.monotonic()
-    stored = store_outputs(runtime.http, runtime.storage, ctx.job_id, outcome.outputs)
+    fields = kind.store(runtime, ctx, outcome, job_dir)
     ctx.timings.upload_s = time.monotonic() - began
     ctx.timings.total_s = time.time() - ctx.started_at
-    params = {**request.to_payload(), "seed": seed, "notes": list(request.notes)}
-    # Media URLs may carry signed-URL tokens or credentials; results and manifests never do.
-    params["reference_image"] = redact_url(request.reference_image)
-    params["dance_video"] = redact_url(request.dance_video)
     result: dict[str, Any] = {
         "job_id": ctx.job_id,
         "status": "succeeded",
-        "outputs": stored,
-        "seed": seed,
-        "params": params,
+        **fields,
         "timings": {name: round(value, 3) for name, value in vars(ctx.timings).items()},
         "worker": {"hostname": ctx.hostname, "device": runtime.device},
         "comfyui": {"prompt_id": outcome.prompt_id, "cached_nodes": list(outcome.cached_nodes)},
     }
-    _raise_if_fenced(runtime, ctx)
+    raise_if_fenced(runtime, ctx)
     manifest = runtime.storage.put_bytes_if_absent(
         f"{ctx.job_id}/{MANIFEST_NAME}", json.dumps(result, indent=2).encode(), "application/json"
     )
     if manifest is None:
         # Another run completed the job first and its manifest stands: the producer gets that result.
         log.warning("job %s: another run already wrote the manifest; returning its result", ctx.job_id)
-        winner: dict[str, Any] = json.loads(
-            runtime.storage.read_bytes(f"{ctx.job_id}/{MANIFEST_NAME}", max_bytes=MANIFEST_MAX_BYTES)
-        )
-        return winner
+        return read_manifest(runtime, ctx.job_id)
     count(runtime, keys.manifest_writes(ctx.job_id))
     result["manifest"] = {"uri": manifest.uri, "url": manifest.url}
     return result

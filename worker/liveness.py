@@ -2,7 +2,8 @@
 
 ``dance check`` (the Docker HEALTHCHECK) reads it. The key expires when the worker dies or its event
 loop stalls, and says ``ready: false`` while the gate waits for ComfyUI, so a health check, like every
-other view, sees the worker as ready only once ComfyUI is.
+other view, sees the worker as ready only once ComfyUI is. The same beat renews, while the worker is
+ready, what its ComfyUI offers to each queue it consumes (worker/capabilities.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from celery import bootsteps
 from celery.worker import state as worker_state
 
 from producer import keys
+from worker.capabilities import CapabilityPublisher
 from worker.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,7 @@ class Liveness(bootsteps.StartStopStep):
     def __init__(self, c: Any, **kwargs: Any) -> None:
         super().__init__(c, **kwargs)
         self.timer_ref: Any = None
+        self.capabilities = CapabilityPublisher(Runtime.current(c.app).redis)
 
     def start(self, c: Any) -> None:
         self.publish(c)
@@ -90,8 +93,9 @@ class Liveness(bootsteps.StartStopStep):
         self.stop(c)
         try:
             Runtime.current(c.app).redis.delete(keys.worker_liveness(c.hostname))
+            self.capabilities.withdraw(c.hostname, list(Runtime.current(c.app).settings.queues))
         except redis.RedisError:
-            log.debug("could not delete the liveness key on shutdown", exc_info=True)
+            log.debug("could not delete the liveness and capability keys on shutdown", exc_info=True)
 
     def publish(self, c: Any) -> None:
         runtime = Runtime.current(c.app)
@@ -103,6 +107,8 @@ class Liveness(bootsteps.StartStopStep):
             worker_state.should_stop = EXIT_STALLED
         try:
             runtime.redis.set(keys.worker_liveness(c.hostname), json.dumps(record), ex=LIVENESS_TTL_S)
+            if record["ready"]:
+                self.capabilities.beat(c.hostname, list(runtime.settings.queues), runtime.capabilities)
         except redis.RedisError as exc:
             # The broker itself is down: the record expires, which is the truth.
             log.warning("could not publish liveness: %s", exc)

@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from producer.capabilities import combo_options, offered_by
 from producer.errors import COMFY_NO_GPU, WORKFLOW_MISSING_MODELS, WORKFLOW_UNKNOWN_NODES, DanceError
+from producer.graph import ModelRef
 from worker.comfy_http import PROBE_TIMEOUT_S, ComfyHttp
-from worker.workflow import ModelRef, Workflow
+from worker.workflow import Workflow
 
 #: Timeout of the /object_info request, in seconds: the full dump of a large install is several MB.
 OBJECT_INFO_TIMEOUT_S = 10.0
@@ -31,6 +33,9 @@ class Readiness:
     codes: tuple[str, ...] = ()
     #: The /system_stats body, when it answered: the gate learns ComfyUI's version from it.
     stats: dict[str, Any] | None = None
+    #: What this ComfyUI offers (producer/capabilities.py), from the full check's one /object_info; the
+    #: worker publishes it, so no beat ever fetches /object_info again.
+    capabilities: dict[str, Any] | None = None
 
 
 def probe(http: ComfyHttp, workflow: Workflow, require_gpu: bool, full: bool = True) -> Readiness:
@@ -46,18 +51,21 @@ def probe(http: ComfyHttp, workflow: Workflow, require_gpu: bool, full: bool = T
     device = pick_device(stats, require_gpu)
     if device is None:
         missing["a CUDA device (COMFYUI_REQUIRE_GPU is on; /system_stats lists none)"] = COMFY_NO_GPU
+    capabilities = None
     if full:
-        missing.update(_workflow_gaps(http, workflow))
+        try:
+            info = http.object_info(timeout_s=OBJECT_INFO_TIMEOUT_S)
+        except DanceError as exc:
+            missing[f"/object_info ({exc.code})"] = exc.code
+        else:
+            missing.update(_workflow_gaps(info, workflow))
+            capabilities = offered_by(info)
     return Readiness(not missing, tuple(missing), answering=True, device=device, codes=tuple(missing.values()),
-                     stats=stats)
+                     stats=stats, capabilities=capabilities)
 
 
-def _workflow_gaps(http: ComfyHttp, workflow: Workflow) -> dict[str, str]:
+def _workflow_gaps(info: dict[str, Any], workflow: Workflow) -> dict[str, str]:
     """What the workflow needs that /object_info does not offer, each with its code."""
-    try:
-        info = http.object_info(timeout_s=OBJECT_INFO_TIMEOUT_S)
-    except DanceError as exc:
-        return {f"/object_info ({exc.code})": exc.code}
     gaps: dict[str, str] = {}
     absent = sorted(workflow.class_types - set(info))
     if absent:
@@ -77,17 +85,6 @@ def pick_device(stats: dict[str, Any], require_gpu: bool) -> str | None:
     if require_gpu:
         return None
     return str(devices[0].get("name")) if devices else "unknown"
-
-
-def combo_options(spec: Any) -> list[str] | None:
-    """Options of a COMBO input spec: ``[[opts...], {...}]`` (0.3.39) or ``["COMBO", {"options": [...]}]``."""
-    if not isinstance(spec, list) or not spec:
-        return None
-    if isinstance(spec[0], list):
-        return [str(option) for option in spec[0]]
-    if spec[0] == "COMBO" and len(spec) > 1 and isinstance(spec[1], dict):
-        return [str(option) for option in spec[1].get("options", [])]
-    return None
 
 
 def _offered(info: dict[str, Any], ref: ModelRef) -> bool:

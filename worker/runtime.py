@@ -80,6 +80,8 @@ class Runtime:
     gate: ComfyGate | None = None
     #: The device ComfyUI runs on, as its /system_stats names it; set by the gate.
     device: str | None = None
+    #: What ComfyUI offers (producer/capabilities.py), from the gate's last full readiness check.
+    capabilities: dict[str, Any] | None = None
     janitor: Janitor = field(init=False)
 
     def __post_init__(self) -> None:

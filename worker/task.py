@@ -1,4 +1,7 @@
-"""The ``dance.generate`` task: the Celery face of :func:`worker.job.run_job`.
+"""The ``dance.generate`` and ``dance.workflow`` tasks: the Celery faces of :func:`worker.job.run_job`.
+
+Both kinds share everything here (the handback to an idle peer, the run in the registry, the outcomes
+below); only the kind of job they build from their kwargs differs.
 
 Outcomes, by branch of the error tree:
 
@@ -17,13 +20,14 @@ Outcomes, by branch of the error tree:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import redis
 from celery.exceptions import BackendError, Ignore, Reject
 from celery.worker import state as worker_state
 
-from producer.celeryconf import TASK_NAME
+from producer.celeryconf import TASK_NAME, WORKFLOW_TASK_NAME
 from producer.errors import (
     BROKER_UNREACHABLE,
     JOB_ALREADY_ENDED,
@@ -38,12 +42,14 @@ from producer.errors import (
     error,
 )
 from worker.app import app
-from worker.job import JobContext, run_job
+from worker.dance_job import DanceJob
+from worker.job import JobContext, JobKind, run_job
 from worker.ownership.cancels import FENCED, REVOKED, SHUTDOWN
 from worker.ownership.kombu_compat import HeldMessage, held_message
 from worker.ownership.registry import Run
 from worker.progress import ProgressReporter
 from worker.runtime import Runtime
+from worker.workflow_job import WorkflowJob
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +62,32 @@ NOT_OURS = frozenset({JOB_DUPLICATE_DELIVERY, JOB_ALREADY_ENDED, JOB_FENCED})
 WARD_BEATS = 3
 
 
-@app.task(bind=True, name=TASK_NAME, acks_late=True, reject_on_worker_lost=True, throws=(PermanentError,),
-          Request="worker.task_request:RedactingRequest")
+#: What both tasks pass to Celery: ack after the job ended, requeue a job whose worker was lost.
+TASK_OPTIONS: dict[str, Any] = {
+    "bind": True, "acks_late": True, "reject_on_worker_lost": True, "throws": (PermanentError,),
+    "Request": "worker.task_request:RedactingRequest",
+}
+
+
+@app.task(name=TASK_NAME, **TASK_OPTIONS)
 def generate(
     self: Any, request: dict[str, Any], deadline_s: float | None = None, submitted_at: float | None = None
 ) -> dict[str, Any]:
+    return run_task(self, lambda: DanceJob.parse(request), deadline_s, submitted_at)
+
+
+@app.task(name=WORKFLOW_TASK_NAME, **TASK_OPTIONS)
+def run_workflow(
+    self: Any, workflow: dict[str, Any], owner: str = "", deadline_s: float | None = None,
+    submitted_at: float | None = None,
+) -> dict[str, Any]:
+    return run_task(self, lambda: WorkflowJob.parse(workflow, owner), deadline_s, submitted_at)
+
+
+def run_task(
+    self: Any, kind_of: Callable[[], JobKind], deadline_s: float | None, submitted_at: float | None
+) -> dict[str, Any]:
+    """Run one job of the kind ``kind_of`` builds (inside the error handling: a bad request fails the job)."""
     runtime = Runtime.current(self.app)
     job_id: str = self.request.id
     settings = runtime.settings
@@ -82,7 +109,7 @@ def generate(
             run=run,
         )
         try:
-            return run_job(runtime, ctx, request)
+            return run_job(runtime, ctx, kind_of())
         except redis.RedisError as exc:
             # The bookkeeping client already retried for DANCE_REDIS_RETRY_S: hand the job back, never fail it.
             broker = error(BROKER_UNREACHABLE, f"the broker did not answer: {type(exc).__name__}", job_id=job_id)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from producer.errors import WORKFLOW_PLACEHOLDER, WORKFLOW_TEMPLATE, error
+from producer.graph import ModelRef, names_model
 
 PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 #: Placeholders the dance task fills. A template may use any subset; any other name is refused at load.
@@ -25,18 +26,6 @@ KNOWN_PLACEHOLDERS = frozenset({
     "reference_image_filename", "dance_video_filename", "prompt", "negative_prompt", "width", "height",
     "steps", "cfg", "seed", "output_prefix", "job_id",
 })
-#: File extensions that mark a string input as a model file a loader must offer.
-MODEL_EXTENSIONS = (
-    ".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".onnx", ".gguf", ".torchscript", ".sft",
-)
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    node_id: str
-    class_type: str
-    input_name: str
-    filename: str
 
 
 @dataclass(frozen=True)
@@ -56,8 +45,7 @@ class Workflow:
         refs = []
         for node_id, node in self.graph.items():
             for name, value in node["inputs"].items():
-                names_model = isinstance(value, str) and value.lower().endswith(MODEL_EXTENSIONS)
-                if names_model and not PLACEHOLDER.search(value):
+                if names_model(value) and not PLACEHOLDER.search(value):
                     refs.append(ModelRef(node_id, node["class_type"], name, value))
         return refs
 

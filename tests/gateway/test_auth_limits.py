@@ -87,7 +87,7 @@ def test_an_oversized_or_malformed_body_gets_its_typed_error_and_leaves_nothing_
     assert (not_json.status_code, error_of(not_json)["code"]) == (400, "invalid_request")
     assert (ui.status_code, error_of(ui)["code"]) == (422, "workflow_format_ui")
     assert (graph.status_code, error_of(graph)["code"]) == (422, "invalid_workflow")
-    assert error_of(graph)["details"]["nodes"] == ["1"]
+    assert error_of(graph)["details"] == {"dance_code": "workflow.invalid", "node_id": "1"}
     assert (extra.status_code, error_of(extra)["details"]["fields"]) == (422, ["extra_data"])
     assert (old_extra.status_code, error_of(old_extra)["details"]["fields"]) == (422, ["webhook"])
     assert error_of(bad_request)["details"]["dance_code"] == "request.missing_field"

@@ -25,7 +25,7 @@ from celery import states
 from celery.signals import task_failure, task_postrun, task_prerun, task_revoked, task_success
 
 from producer import keys, ledger
-from producer.celeryconf import TASK_NAME
+from producer.celeryconf import JOB_TASK_NAMES
 from producer.errors import JOB_CANCELLED
 from worker.backoff import Backoff
 from worker.runtime import Runtime
@@ -41,7 +41,7 @@ SETTLE_BACKOFF = Backoff(base_s=0.1, cap_s=4.0)
 
 
 def _ours(task: Any) -> bool:
-    return getattr(task, "name", None) == TASK_NAME and getattr(task.app, "dance_runtime", None) is not None
+    return getattr(task, "name", None) in JOB_TASK_NAMES and getattr(task.app, "dance_runtime", None) is not None
 
 
 def _metrics(task: Any) -> WorkerMetrics | None:
