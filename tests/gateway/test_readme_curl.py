@@ -2,7 +2,8 @@
 
 The lines are read from README.md's shell blocks, never copied here. ``$GW`` and ``$KEY`` come from the
 environment the README's first line sets; ``JOB_ID`` and ``ENDPOINT`` are placeholders, and the ``https://…``
-media of the inline body are the test media server's. Each line must answer a 2xx.
+media of the inline body are the test media server's; ``workflow-body.json`` holds a workflow on an image
+asset of the key. Each line must answer a 2xx.
 """
 
 from __future__ import annotations
@@ -13,8 +14,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import redis
+
+from producer import capabilities
 from tests.fixtures.workers import Cluster
 from tests.gateway.conftest import ALICE_KEY, StartGateway
+from tests.gateway.test_v2_submit import alice_image, invert_workflow
 from tests.support.jobs import dance_request
 from tests.support.processes import wait_until
 from tests.test_readme_commands import FENCE, ROOT
@@ -43,14 +48,21 @@ def test_every_documented_curl_line_answers_2xx_against_a_real_gateway(
     cluster: Cluster, comfysim: Any, media_server: Any, tmp_path: Path, start_gateway: StartGateway
 ) -> None:
     # Given a worker, a gateway, and the files the lines name
-    cluster.start_worker("w", comfysim(exec_s=0.05).url)
+    sim = comfysim(exec_s=0.05)
+    cluster.start_worker("w", sim.url, COMFYUI_INPUT_DIR=str(sim.data_dir / "input"),
+                         COMFYUI_OUTPUT_DIR=str(sim.data_dir / "output"))
     gateway = start_gateway()
     request = dance_request(media_server, tmp_path, steps=2)
     (tmp_path / "body.json").write_text(json.dumps({"input": request}))
     env = {"GW": gateway.url, "KEY": ALICE_KEY, "PATH": "/usr/bin:/bin"}
     assert "GW=http://127.0.0.1:8188 KEY=" in (ROOT / "README.md").read_text()
-    lines = [line for line in curl_lines() if "/api/v2/jobs -H" not in line or "-X POST" not in line]
-    assert len(lines) >= 11, lines
+    image = alice_image(cluster, tmp_path)
+    (tmp_path / "workflow-body.json").write_text(json.dumps({"workflow": invert_workflow(image.id)}))
+    broker = redis.Redis.from_url(cluster.broker_url)
+    wait_until(lambda: not capabilities.missing_for(broker, "dance", {}).no_workers, 60,
+               "the worker to publish its capabilities")
+    lines = curl_lines()
+    assert len(lines) >= 12, lines
     # When the /run line runs first (its id is the JOB_ID of the others), and its job is done
     run = next(line for line in lines if "/run " in line)
     media = {"https://…/alice.png": request["reference_image"], "https://…/salsa.mp4": request["dance_video"]}
