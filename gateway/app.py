@@ -6,8 +6,10 @@ client and keeps nothing of its own (gateway/context.py).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
@@ -60,19 +62,24 @@ def make_app(settings: GatewaySettings, keys: KeyRing | None = None) -> web.Appl
     client = DanceClient(settings.producer)
     app[CONTEXT] = GatewayContext(settings, client, ring, JobIndex(client.redis),
                                   subscriber_for(settings.producer.result_backend))
-    app.cleanup_ctx.append(_close_clients)
+    app.cleanup_ctx.append(_resources)
     app.add_routes([web.get("/api/v2/health", health), web.get("/api/v2/openapi.json", openapi)])
     add_jobs_routes(app, job_events)
     add_runpod_routes(app)
     return app
 
 
-async def _close_clients(app: web.Application) -> AsyncIterator[None]:
-    yield
+async def _resources(app: web.Application) -> AsyncIterator[None]:
     ctx = app[CONTEXT]
+    # asyncio's default executor has min(32, CPUs + 4) threads: a handful of slow Redis answers would stall
+    # every route on a small host, so the gateway sizes its own.
+    executor = ThreadPoolExecutor(max_workers=ctx.settings.threads, thread_name_prefix="gateway")
+    asyncio.get_running_loop().set_default_executor(executor)
+    yield
     if ctx.subscriber is not None:
         await ctx.subscriber.aclose()
     ctx.client.close()
+    executor.shutdown(wait=False, cancel_futures=True)
 
 
 def run_gateway(settings: GatewaySettings) -> None:

@@ -26,6 +26,8 @@ DEFAULT_RUNSYNC_WAIT_S = 90.0
 DEFAULT_SSE_KEEPALIVE_S = 15.0
 #: Seconds between two reads of a job's state while its SSE stream waits (the pub/sub fallback).
 DEFAULT_SSE_POLL_INTERVAL_S = 2.0
+#: Threads that run the gateway's blocking producer calls (Redis, Celery); each waits on Redis only briefly.
+DEFAULT_THREADS = 32
 #: Jobs one GET /api/v2/jobs page holds unless ``limit`` says otherwise.
 DEFAULT_LIST_LIMIT = 20
 #: Most jobs one GET /api/v2/jobs page may hold.
@@ -47,6 +49,7 @@ class GatewaySettings:
     runsync_wait_s: float = DEFAULT_RUNSYNC_WAIT_S
     sse_keepalive_s: float = DEFAULT_SSE_KEEPALIVE_S
     sse_poll_interval_s: float = DEFAULT_SSE_POLL_INTERVAL_S
+    threads: int = DEFAULT_THREADS
     #: RunPod endpoint id → queue, ``endpoint=queue`` separated by ','; an endpoint not named uses the
     #: key's default queue.
     endpoint_queues: tuple[tuple[str, str], ...] = ()
@@ -67,6 +70,7 @@ class GatewaySettings:
             runsync_wait_s=env_float(env, "DANCE_GATEWAY_RUNSYNC_WAIT_S", DEFAULT_RUNSYNC_WAIT_S),
             sse_keepalive_s=env_float(env, "DANCE_GATEWAY_SSE_KEEPALIVE_S", DEFAULT_SSE_KEEPALIVE_S),
             sse_poll_interval_s=env_float(env, "DANCE_GATEWAY_SSE_POLL_INTERVAL_S", DEFAULT_SSE_POLL_INTERVAL_S),
+            threads=env_int(env, "DANCE_GATEWAY_THREADS", DEFAULT_THREADS),
             endpoint_queues=parse_endpoint_queues(env.get("DANCE_GATEWAY_ENDPOINT_QUEUES", "")),
         )
         settings.check()
@@ -74,7 +78,8 @@ class GatewaySettings:
 
     def check(self) -> None:
         for name, value in (("DANCE_GATEWAY_PORT", self.port), ("DANCE_GATEWAY_MAX_BODY_BYTES", self.max_body_bytes),
-                            ("DANCE_GATEWAY_RETRY_AFTER_S", self.retry_after_s)):
+                            ("DANCE_GATEWAY_RETRY_AFTER_S", self.retry_after_s),
+                            ("DANCE_GATEWAY_THREADS", self.threads)):
             if value < 1:
                 raise error(CONFIG_INVALID, f"{name} must be at least 1, not {value}", variable=name)
         if self.max_queue_depth < 0:
