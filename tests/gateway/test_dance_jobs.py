@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, cast
 
+from comfy_low.models import Job as LowJob
+
 from tests.fixtures.workers import Cluster
 from tests.gateway.conftest import BOB_KEY, StartGateway
 from tests.support.jobs import dance_request
@@ -42,6 +44,7 @@ def test_the_old_run_then_status_flow_completes_with_the_result_under_output(
     # and the same job is a succeeded v2 job of that key, listed under its status, and of nobody else
     v2 = gateway.call("GET", f"/api/v2/jobs/{job_id}").json()
     assert v2["status"] == "succeeded" and v2["kind"] == "dance" and v2["outputs"][0]["job_id"] == job_id
+    assert LowJob.model_validate(v2).status.value == "succeeded"  # the contract's Job, as the SDK reads it
     assert [j["id"] for j in gateway.call("GET", "/api/v2/jobs?status=succeeded").json()["jobs"]] == [job_id]
     assert gateway.call("GET", "/api/v2/jobs?status=queued,running").json()["jobs"] == []
     assert gateway.call("GET", "/api/v2/jobs", key=BOB_KEY).json()["jobs"] == []

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import redis
+from comfy_low.models import Job as LowJob
 from PIL import Image
 
 from producer import assets, capabilities
@@ -71,7 +72,10 @@ def test_a_workflow_with_an_idempotency_key_runs_once_its_outputs_are_assets_and
         current: dict[str, Any] = gateway.call("GET", f"/api/v2/jobs/{job['id']}").json()
         return current if current["status"] == "succeeded" else None
 
-    [output] = cast(dict[str, Any], wait_until(succeeded, 60, "the workflow job to succeed"))["outputs"]
+    done = cast(dict[str, Any], wait_until(succeeded, 60, "the workflow job to succeed"))
+    # (both bodies are the contract's Job, as the official SDK's generated models read it)
+    assert LowJob.model_validate(job).id == LowJob.model_validate(done).id == job["id"]
+    [output] = done["outputs"]
     record = assets.load(redis.Redis.from_url(cluster.broker_url), output["id"])
     assert record is not None and (record.owner, record.job_id) == (ALICE, job["id"])
     assert (output["type"], output["node_id"], output["hash"]) == ("image", "3", record.hash)
