@@ -41,7 +41,7 @@ class GatewayContext:
 
     async def submit_claimed(self, principal: Principal, job_id: str, queue: str, kind: str,
                              submit: Callable[[], object]) -> JobRecord:
-        """Claim ``job_id`` in the index, check the queue's depth, then ``submit``; undo the claim on any error.
+        """Check the queue's depth, claim ``job_id`` in the index, then ``submit``; undo the claim on any error.
 
         The claim is the Idempotency-Key's single use (None: used before, 422). A submit the producer
         refuses raised before anything was queued, so releasing the claim leaves nothing behind.
