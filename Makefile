@@ -32,7 +32,7 @@ chromium:
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 lint: venv lint-docker
-	$(VENV)/bin/ruff check producer worker simulator demo harness tests
+	$(VENV)/bin/ruff check producer worker simulator demo harness gateway tests
 	$(VENV)/bin/mypy
 
 # The deployment, checked without a Docker engine: the Dockerfile, every shell script, both compose files.

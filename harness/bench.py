@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from harness import bench_coldstart as coldstart
 from harness import bench_scenarios as scenarios
 from harness.local import fresh_dir
 
@@ -31,6 +32,7 @@ TARGETS: list[tuple[str, str, str, float, str]] = [
     ("conservation", "wait_to_start_max_ms", "<=", 500.0, "fewer jobs than idle GPUs: longest wait to start"),
     ("scaling", "speedup", ">=", 7.6, "8 simulated GPUs over 1, throughput"),
     ("memory", "rss_growth_mb", "<=", 64.0, "peak worker RSS growth while a 1 GB output goes to S3"),
+    ("coldstart", "on_first_over_warm", "<=", 1.10, "first job after ready over a warm one, with the warm-up"),
 ]
 
 
@@ -44,6 +46,8 @@ def plan(root: Path, quick: bool) -> dict[str, Callable[[], dict[str, Any]]]:
         "conservation": lambda: scenarios.conservation(root / "conservation", rounds=2 if quick else 5),
         "scaling": lambda: _scaling(root, 4 if quick else 10),
         "memory": lambda: scenarios.memory(root / "memory", 1 << 30),
+        "coldstart": lambda: coldstart.cold_start(root / "coldstart", load_s=1.0 if quick else coldstart.MODEL_LOAD_S,
+                                                  warm_jobs=2 if quick else 3),
     }
 
 

@@ -273,6 +273,51 @@ FLOWER_AUTH_REQUIRED = _code(
     "flower.auth_required", ConfigInvalid, "Flower would listen beyond loopback without authentication"
 )
 BROKER_UNREACHABLE = _code("broker.unreachable", BrokerUnavailable, "the broker (Redis) cannot be reached")
+# Cold start
+WORKER_WARMUP_FAILED = _code(
+    "worker.warmup_failed", WorkflowInvalid, "the worker's warm-up run of the workflow failed; it took no job"
+)
+
+# Gateway ------------------------------------------------------------------------------------------------
+class GatewayRejected(PermanentError):
+    """The HTTP gateway refused a request: credentials, scope, size or shape."""
+
+
+class GatewayBusy(RetryableError):
+    """The HTTP gateway holds a request back for now (a full queue); the same request may pass later."""
+
+
+GATEWAY_UNAUTHORIZED = _code(
+    "gateway.unauthorized", GatewayRejected, "no API key, or one the gateway does not know (HTTP 401)"
+)
+GATEWAY_FORBIDDEN = _code("gateway.forbidden", GatewayRejected, "the API key may not use this queue (HTTP 403)")
+GATEWAY_NOT_FOUND = _code(
+    "gateway.not_found", GatewayRejected, "no such job or route for this API key (HTTP 404)"
+)
+GATEWAY_BODY_TOO_LARGE = _code(
+    "gateway.body_too_large", GatewayRejected, "the request body exceeds DANCE_GATEWAY_MAX_BODY_BYTES (HTTP 413)"
+)
+GATEWAY_INVALID_BODY = _code(
+    "gateway.invalid_body", GatewayRejected, "the body is not the JSON object or query the route takes (HTTP 400)"
+)
+GATEWAY_UNSUPPORTED = _code(
+    "gateway.unsupported_field", GatewayRejected,
+    "the body sets a contract field this cluster cannot honour (HTTP 422)",
+)
+GATEWAY_IDEMPOTENCY_REUSE = _code(
+    "gateway.idempotency_key_reuse", GatewayRejected,
+    "this Idempotency-Key was used before; keys are single-use (HTTP 422)",
+)
+GATEWAY_WORKFLOW_UI = _code(
+    "gateway.workflow_format_ui", GatewayRejected, "the workflow is a UI export, not the API format (HTTP 422)"
+)
+GATEWAY_QUEUE_FULL = _code(
+    "gateway.queue_full", GatewayBusy,
+    "the queue holds DANCE_GATEWAY_MAX_QUEUE_DEPTH jobs; retry after Retry-After (HTTP 429)",
+)
+GATEWAY_BIND_REFUSED = _code(
+    "gateway.bind_refused", ConfigInvalid, "the gateway would listen beyond loopback without API keys"
+)
 
 # Assets
 ASSET_MISSING = _code(

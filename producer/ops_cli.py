@@ -1,8 +1,9 @@
-"""``dance cluster``, ``dance hooks-worker`` and ``dance flower``: the operators' commands.
+"""``dance cluster``, ``dance hooks-worker``, ``dance flower`` and ``dance gateway``: the operators' commands.
 
-``cluster`` needs only the broker. The other two start worker-side processes and import nothing of the
-worker until they run, so producers without the worker extra keep a working ``dance``; ``flower`` needs
-only the flower extra (it watches through :mod:`worker.telemetry.flowerapp`, not the GPU worker's app).
+``cluster`` needs only the broker; ``gateway`` imports the gateway extra only when it runs. The other two
+start worker-side processes and import nothing of the worker until they run, so producers without the
+worker extra keep a working ``dance``; ``flower`` needs only the flower extra (it watches through
+:mod:`worker.telemetry.flowerapp`, not the GPU worker's app).
 """
 
 from __future__ import annotations
@@ -71,3 +72,31 @@ def flower(no_auth: bool, flower_args: tuple[str, ...]) -> None:
     except DanceError as exc:
         fail(exc, as_json=False)
     os.execv(argv[0], argv)
+
+
+@click.command("gateway")
+@click.option("--host", envvar="DANCE_GATEWAY_HOST", help="Address to listen on (env DANCE_GATEWAY_HOST; "
+              "default 127.0.0.1; beyond loopback only with API keys).")
+@click.option("--port", type=int, envvar="DANCE_GATEWAY_PORT", help="TCP port (env DANCE_GATEWAY_PORT; default 8188).")
+def gateway(host: str | None, port: int | None) -> None:
+    """Serve the HTTP gateway: Comfy API v2 and the old endpoint's /v2/{endpoint}/... routes.
+
+    Keys come from DANCE_GATEWAY_KEYS_FILE and DANCE_GATEWAY_API_KEYS; exits 2 (gateway.bind_refused)
+    when asked to listen beyond loopback without any.
+    """
+    import dataclasses
+    import logging
+
+    try:
+        from gateway.app import run_gateway
+        from gateway.settings import GatewaySettings
+    except ImportError as exc:
+        raise click.ClickException(f"dance gateway needs the gateway extra: pip install 'xicon-dance[gateway]' "
+                                   f"({exc.name} is missing)") from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = GatewaySettings.from_env()
+        run_gateway(dataclasses.replace(settings, host=host or settings.host, port=port or settings.port))
+    except DanceError as exc:
+        fail(exc, as_json=False)
+

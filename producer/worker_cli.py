@@ -22,7 +22,7 @@ DEFAULT_WORKER_NAME = "dance@%h"
 #: Timeout of the health check's Redis calls, in seconds.
 CHECK_TIMEOUT_S = 3.0
 EXIT_HEALTHY = 0  #: the worker is ready and consuming
-EXIT_UNHEALTHY = 1  #: the worker is absent, waiting for ComfyUI, or not consuming
+EXIT_UNHEALTHY = 1  #: the worker is absent, waiting for ComfyUI, warming up, or not consuming
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
@@ -78,7 +78,9 @@ def check(name: str, as_json: bool) -> None:
         _report(node, False, "no liveness record (worker down, stalled or never started)", None, as_json)
         return
     record = json.loads(raw)
-    if not record.get("ready"):
+    if not record.get("ready") and record.get("warming"):
+        _report(node, False, "warming up (running the workflow once before taking jobs)", record, as_json)
+    elif not record.get("ready"):
         _report(node, False, "waiting for ComfyUI", record, as_json)
     elif not record.get("consuming"):
         _report(node, False, "ready but not consuming from its queues", record, as_json)

@@ -47,10 +47,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = settings_from_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     log.info(
-        "ComfyUI version: %s (simulator, catalog %s, device %s)",
+        "ComfyUI version: %s (simulator, catalog %s, device %s, %.1f s per first model load)",
         settings.version,
         settings.catalog,
         settings.device,
+        settings.model_load_s,
     )
     if settings.data_dir is None:
         with tempfile.TemporaryDirectory(prefix="comfysim-") as tmp:

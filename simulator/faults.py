@@ -30,7 +30,8 @@ GET /__sim__/state summarises what the simulator saw. Its ``runs`` hold one reco
 ran, however the run ended (success, execution error, interrupt): ``[prompt_id, started_at, ended_at,
 job_id, worker_mark]``, times in epoch seconds, the last two from the prompt's ``extra_data``
 (``dance_job_id``, ``dance_worker``) or null; two records of one job that overlap in time are two GPUs
-running it at once. GET /__sim__/last_prompt returns the last POST /prompt
+running it at once. Its ``model_loads`` list the model files read from disk, in order (simulator/model_loads.py:
+the first use of each after start costs ``--model-load-s``). GET /__sim__/last_prompt returns the last POST /prompt
 body exactly as it arrived (before validation coerced ``"512"`` to ``512``), under ``body``.
 """
 

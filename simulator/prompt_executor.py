@@ -24,6 +24,7 @@ from simulator.catalog import Catalog
 from simulator.faults import CRASH_EXIT_STATUS, Faults
 from simulator.graph import DependencyCycleError, ExecutionList, node_signature
 from simulator.messages import UNENCODED_PREVIEW_IMAGE, Messenger
+from simulator.model_loads import ModelLoads
 from simulator.node_call import InterruptFlag, NodeFailure, error_details, input_data
 from simulator.nodes.base import InterruptProcessingError, NodeContext
 from simulator.nodes.registry import spec_for
@@ -36,7 +37,10 @@ MS_PER_S = 1000
 
 
 class PromptExecutor:
-    def __init__(self, catalog: Catalog, messenger: Messenger, faults: Faults, interrupt: InterruptFlag) -> None:
+    def __init__(
+        self, catalog: Catalog, messenger: Messenger, faults: Faults, interrupt: InterruptFlag,
+        model_loads: ModelLoads | None = None,
+    ) -> None:
         self.catalog = catalog
         self.messenger = messenger
         self.faults = faults
@@ -48,10 +52,13 @@ class PromptExecutor:
         self.last_prompt_id: str | None = None
         #: Models a node has "loaded onto the GPU"; the sampler's first run loads (and ticks) once.
         self.loaded_models: set[str] = set()
+        #: Model files read from disk so far: the first use of each costs COMFYSIM_MODEL_LOAD_S.
+        self.model_loads = model_loads or ModelLoads(0.0)
 
     def reset(self) -> None:
-        """POST /free {"free_memory": true}: drop every cached output."""
+        """POST /free {"free_memory": true}: drop every cached output, the loaders' models with them."""
         self.caches = CacheSet()
+        self.model_loads.forget()
 
     def unload_models(self) -> None:
         self.loaded_models.clear()
@@ -226,6 +233,7 @@ class PromptExecutor:
             raise failure
         if not spec.reports_progress and self.faults.wants_hold(class_type, node_id):
             self.faults.hold(self.interrupt.is_set)
+        self.model_loads.use(args)
         return spec.run(context, **args)
 
     def _progress_hook(self, class_type: str, node_id: str) -> Callable[[float, int], None]:

@@ -21,6 +21,7 @@ from simulator.faults import Faults, FaultSpecError
 from simulator.files import FileRoutes
 from simulator.jobs import JobRoutes
 from simulator.messages import Messenger
+from simulator.model_loads import ModelLoads
 from simulator.node_call import InterruptFlag
 from simulator.paths import Dirs
 from simulator.prompt_executor import PromptExecutor
@@ -199,6 +200,7 @@ class SimRoutes:
     async def state(self, request: web.Request) -> web.Response:
         snapshot = self.s.faults.snapshot(self.s.queue.running_prompt_id())
         snapshot["sockets"] = sorted(self.s.messenger.sockets)
+        snapshot["model_loads"] = self.s.executor.model_loads.snapshot()
         return web.json_response(snapshot)
 
 
@@ -325,7 +327,7 @@ def build_services(settings: SimSettings, data_dir: Path, loop: asyncio.Abstract
     queue = PromptQueue(messenger.queue_updated)
     faults = Faults(settings.exec_s)
     interrupt = InterruptFlag(on_set=faults.interrupt_arrived)
-    executor = PromptExecutor(catalog, messenger, faults, interrupt)
+    executor = PromptExecutor(catalog, messenger, faults, interrupt, ModelLoads(settings.model_load_s))
     services = Services(catalog, queue, messenger, executor, faults, interrupt, settings)
     PromptWorker(queue, executor, messenger, faults).start()
     return services, web_root

@@ -20,6 +20,10 @@ DEFAULT_PORT = 8188
 DEFAULT_START_DELAY_S = 0.0
 #: Simulated GPU seconds the heavy sampler node spends on one prompt.
 DEFAULT_EXEC_S = 2.0
+#: Simulated seconds the first use of each model file costs after start (a loader node reading weights
+#: from disk onto the device, during which ComfyUI shows the node executing without progress); later
+#: uses of the same file are free, as ComfyUI keeps the loaded model. 0: models load instantly.
+DEFAULT_MODEL_LOAD_S = 0.0
 #: Largest upload body, in bytes (ComfyUI's --max-upload-size default of 100 MiB).
 DEFAULT_MAX_UPLOAD_BYTES = 100 * 1024 * 1024
 #: Device kinds /system_stats can describe.
@@ -44,6 +48,7 @@ class SimSettings:
     start_delay_s: float = DEFAULT_START_DELAY_S
     device: str = "cpu"
     exec_s: float = DEFAULT_EXEC_S
+    model_load_s: float = DEFAULT_MODEL_LOAD_S
     missing_nodes: tuple[str, ...] = ()
     missing_models: tuple[str, ...] = ()
     catalog: str = "dance"
@@ -72,6 +77,8 @@ def _parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser.add_argument("--start-delay-s", type=float, default=float(env("START_DELAY_S", str(DEFAULT_START_DELAY_S))))
     parser.add_argument("--device", choices=DEVICES, default=env("DEVICE", "cpu"))
     parser.add_argument("--exec-s", type=float, default=float(env("EXEC_S", str(DEFAULT_EXEC_S))))
+    parser.add_argument("--model-load-s", type=float,
+                        default=float(env("MODEL_LOAD_S", str(DEFAULT_MODEL_LOAD_S))))
     parser.add_argument("--missing-node", action="append", default=[], metavar="CLASS")
     parser.add_argument("--missing-model", action="append", default=[], metavar="FILE")
     parser.add_argument("--catalog", choices=CATALOGS, default=env("CATALOG", "dance"))
@@ -91,6 +98,7 @@ def settings_from_args(argv: Sequence[str], environ: Mapping[str, str] | None = 
         start_delay_s=max(0.0, args.start_delay_s),
         device=args.device,
         exec_s=max(0.0, args.exec_s),
+        model_load_s=max(0.0, args.model_load_s),
         missing_nodes=tuple(args.missing_node),
         missing_models=tuple(args.missing_model),
         catalog=args.catalog,

@@ -3,8 +3,8 @@
 The project is built once into a wheel (pip's isolated build fetches only setuptools, from its cache
 when it has it) and installed with pip ``--no-deps --no-index``; its dependencies are the distributions
 of this test run's own environment, copied with their metadata, and only those that the chosen
-requirement (``xicon-dance`` alone, or ``xicon-dance[flower]``) pulls in. So a module the install lacks
-fails the test as it would fail a user.
+requirement (``xicon-dance`` alone, ``xicon-dance[flower]`` or ``xicon-dance[gateway]``) pulls in. So a
+module the install lacks fails the test as it would fail a user.
 """
 
 from __future__ import annotations
@@ -164,3 +164,29 @@ def test_a_monitoring_host_with_only_the_flower_extra_runs_dance_flower(
     login = ("user", "password")
     assert requests.get(f"http://127.0.0.1:{port}/workers", auth=login, timeout=10).status_code == 200
     assert "dance_queue_messages" in requests.get(f"http://127.0.0.1:{port}/metrics", auth=login, timeout=10).text
+
+
+def test_a_gateway_host_with_only_the_gateway_extra_serves_dance_gateway(
+    tmp_path: Path, wheel: Path, redis_db: str
+) -> None:
+    # Given `pip install 'xicon-dance[gateway]'`: aiohttp, blake3, boto3, pyyaml, but not the worker's packages
+    env = fresh_env(tmp_path / "gateway", wheel, f"{PROJECT}[gateway]")
+    assert importable(env, "aiohttp") and importable(env, "yaml") and not importable(env, "requests")
+    assert not importable(env, "av")
+    # When `dance gateway` starts there
+    port = free_port()
+    process = ManagedProcess("gateway", [str(env / "bin" / "dance"), "gateway", "--port", str(port)],
+                             tmp_path / "gateway.log", env=clean_environ(CELERY_BROKER_URL=redis_db),
+                             cwd=tmp_path).start()
+    try:
+        def up() -> bool:
+            assert process.poll() is None, process.log()[-4000:]
+            return port_accepts(port)
+
+        wait_until(up, 60, "dance gateway to listen")
+        # Then it answers its health check and its API description
+        assert requests.get(f"http://127.0.0.1:{port}/api/v2/health", timeout=10).json()["status"] == "healthy"
+        assert "/v2/{endpoint}/run" in requests.get(f"http://127.0.0.1:{port}/api/v2/openapi.json", timeout=10).json()[
+            "paths"]
+    finally:
+        process.stop()

@@ -31,6 +31,10 @@ class DanceJob:
 
     def prepare(self, runtime: Runtime, ctx: JobContext, job_dir: Path) -> dict[str, Any]:
         image, video = self._fetch_inputs(runtime, ctx, job_dir)
+        return self.bind(runtime, ctx, image, video)
+
+    def bind(self, runtime: Runtime, ctx: JobContext, image: str, video: str) -> dict[str, Any]:
+        """The SCAIL template bound to this request and to the names ComfyUI took the two inputs under."""
         return runtime.workflow.bind({
             "reference_image_filename": image,
             "dance_video_filename": video,

@@ -13,6 +13,12 @@ Contract:
   first time ComfyUI is ready: the consumer's ``init_callback`` is taken away and called on attach.
 * If ComfyUI is not ready within ``ready_timeout_s`` it stops the worker with exit code
   :data:`EXIT_NEVER_READY`, having reserved nothing.
+* With a warm-up configured (DANCE_WARMUP, worker/warmup.py), "ready" means warm: each time the full probe
+  passes while not ready, the probe thread first runs the workflow once, ``warming`` set meanwhile; only
+  then do the queues attach. A warm-up that fails because ComfyUI went away counts as ComfyUI not ready
+  (it runs again once ComfyUI is back, within ``ready_timeout_s``); any other failure is
+  ``worker.warmup_failed`` and stops the worker with :data:`EXIT_WARMUP_FAILED`, having taken no job, so a
+  supervisor restarts it as it would a worker whose ComfyUI never got ready. SIGTERM cancels a warm-up.
 * Once ready, it keeps probing /system_stats. When ComfyUI dies (two failed probes, or a job that saw
   it die calls :meth:`ComfyGate.mark_down`, so the queues detach before the job hands its message
   back), the worker waits in place, taking nothing, until ComfyUI passes the full check again; if that
@@ -31,15 +37,24 @@ from typing import Any
 from celery import bootsteps
 from celery.worker import state as worker_state
 
+from producer.errors import WORKER_WARMUP_FAILED, ComfyUnavailable, DanceError, error
 from worker.backoff import Backoff
 from worker.orphans import clear_orphans
 from worker.readiness import Readiness, probe
 from worker.runtime import Runtime
+from worker.startup import COMFYUI_ANSWERING, NODES_MODELS_READY, READY, WARM
+from worker.warmup import WarmUp
 
 log = logging.getLogger("worker.gate")
 
 #: Process exit code when ComfyUI never became ready.
 EXIT_NEVER_READY = 3
+#: Process exit code when the warm-up run failed (worker.warmup_failed) for another reason than ComfyUI
+#: going away.
+EXIT_WARMUP_FAILED = 5
+#: How long a stopping worker waits for a cancelled warm-up to stop its prompt and clean up, in seconds.
+#: An interrupt lands only when the node running (a model load) ends (15_interrupt_non_progress_node).
+WARMUP_STOP_WAIT_S = 60.0
 #: How often the event loop applies the probe's verdict, in seconds. It only reads an Event, so a
 #: short period costs nothing and keeps the time from "ComfyUI ready" to "queue consumed" small.
 TICK_S = 0.05
@@ -70,6 +85,11 @@ class ComfyGate(bootsteps.StartStopStep):
         self.thread: threading.Thread | None = None
         self.timer_ref: Any = None
         self.consumer = c
+        #: The configured warm-up (None: off); ``warming`` is set while it runs.
+        self.warmup = WarmUp.build(self.runtime)
+        self.warming = threading.Event()
+        self.warming_since: float | None = None
+        self.warmup_error: DanceError | None = None
         self.runtime.gate = self
 
     # Bootstep hooks (event-loop thread) ------------------------------------------------------------
@@ -114,8 +134,11 @@ class ComfyGate(bootsteps.StartStopStep):
             self.timer_ref = None
 
     def shutdown(self, c: Any) -> None:
-        self.stop_event.set()
+        self.stop_event.set()  # also cancels a running warm-up
         self.stop(c)
+        if self.warming.is_set() and self.thread is not None:
+            # Let the cancelled warm-up stop its prompt and delete its files before the process exits.
+            self.thread.join(WARMUP_STOP_WAIT_S)
 
     # Called by the task thread ----------------------------------------------------------------------
     def mark_down(self) -> None:
@@ -141,9 +164,14 @@ class ComfyGate(bootsteps.StartStopStep):
         while not self.stop_event.is_set():
             verdict = probe(self.runtime.http, self.runtime.workflow, settings.require_gpu,
                             full=not self.ready.is_set())
+            if verdict.answering:
+                self.runtime.timeline.mark(COMFYUI_ANSWERING)
+            if verdict.ready:
+                verdict = self._on_ready(verdict)
+            if self.stop_event.is_set():
+                return
             if verdict.ready:
                 attempt, fails = 0, 0
-                self._on_ready(verdict)
             else:
                 fails += 1
                 if self.ready.is_set() and fails >= FAILS_TO_PAUSE:
@@ -166,7 +194,8 @@ class ComfyGate(bootsteps.StartStopStep):
             attempt += 1
             self.stop_event.wait(pause)
 
-    def _on_ready(self, verdict: Readiness) -> None:
+    def _on_ready(self, verdict: Readiness) -> Readiness:
+        """The probe passed: warm up if need be, then mark ready; returns the verdict that stands."""
         self.runtime.device = verdict.device
         if verdict.capabilities is not None:  # only a full check reads /object_info
             self.runtime.capabilities = verdict.capabilities
@@ -175,12 +204,51 @@ class ComfyGate(bootsteps.StartStopStep):
             # (targeted interrupts) before anything stops a prompt.
             self.runtime.http.learn_version(verdict.stats or {})
             clear_orphans(self.runtime.http, self.consumer.hostname)
+            self.runtime.timeline.mark(NODES_MODELS_READY)
+            failed = self._warm_up()
+            if failed is not None:
+                return failed
         if self.ready_after_s is None:
             self.ready_after_s = time.monotonic() - self.started_at
             log.info("ComfyUI ready after %.2fs (device: %s); taking tasks", self.ready_after_s, verdict.device)
         elif not self.ready.is_set():
             log.info("ComfyUI ready again (device: %s); resuming consumption", verdict.device)
         self.ready.set()
+        return verdict
+
+    def _warm_up(self) -> Readiness | None:
+        """Run the warm-up, if one is configured; None once warm, else the not-ready verdict it leaves."""
+        if self.warmup is None:
+            return None
+        log.info("ComfyUI has every node and model; warming up: running the workflow once (%s, timeout %.0fs) "
+                 "before taking jobs", self.warmup.describe(), self.runtime.settings.warmup_timeout_s)
+        self.warming_since = time.monotonic()
+        self.warming.set()
+        try:
+            took_s = self.warmup.run(self.consumer.hostname, self.stop_event)
+        except DanceError as exc:
+            return self._warmup_failed(exc)
+        finally:
+            self.warming.clear()
+        self.warmup_error = None
+        self.runtime.timeline.mark(WARM)
+        log.info("warm after a %.2fs warm-up run", took_s)
+        return None
+
+    def _warmup_failed(self, exc: DanceError) -> Readiness:
+        failure = error(WORKER_WARMUP_FAILED, f"the warm-up run failed: {exc}", cause=exc.code,
+                        cause_details=exc.details)
+        self.warmup_error = failure
+        if self.stop_event.is_set():
+            log.info("warm-up stopped: the worker is shutting down")
+        elif isinstance(exc, ComfyUnavailable):
+            log.warning("%s; warming up again once ComfyUI is ready", failure)
+        else:
+            log.error("%s; exiting with code %d without taking a job", failure, EXIT_WARMUP_FAILED)
+            # As for a ComfyUI never ready: the event loop raises WorkerShutdown on its next turn.
+            worker_state.should_stop = EXIT_WARMUP_FAILED
+            self.stop_event.set()
+        return Readiness(False, (str(failure),), answering=True, codes=(WORKER_WARMUP_FAILED,))
 
     def _report_waiting(self, verdict: Readiness, next_report: float) -> float:
         now = time.monotonic()
@@ -225,6 +293,7 @@ class ComfyGate(bootsteps.StartStopStep):
             # celery#10352 (5.7): add_task_queue re-selects a queue cancelled earlier.
             c.add_task_queue(name)
         log.info("task queues %s attached", self.detached)
+        self.runtime.timeline.mark(READY)
         self.detached = []
         callback, self.held_ready_callback = self.held_ready_callback, None
         if callback is not None:

@@ -111,7 +111,7 @@ def _run_owned(runtime: Runtime, ctx: JobContext, kind: JobKind) -> dict[str, An
     try:
         graph = kind.prepare(runtime, ctx, job_dir)
         raise_if_cancelled(runtime, ctx)
-        outcome = _execute(runtime, ctx, graph)
+        outcome = execute(runtime, ctx, graph)
         return _record(runtime, ctx, kind, outcome, job_dir)
     finally:
         shutil.rmtree(job_dir, ignore_errors=True)
@@ -135,7 +135,8 @@ def upload_input(runtime: Runtime, ctx: JobContext, path: Path, role: str) -> st
     return runtime.http.upload_image(path, runtime.janitor.input_name(ctx.job_id, ctx.run_token, role, path.suffix))
 
 
-def _execute(runtime: Runtime, ctx: JobContext, graph: dict[str, Any]) -> PromptOutcome:
+def execute(runtime: Runtime, ctx: JobContext, graph: dict[str, Any]) -> PromptOutcome:
+    """Queue the bound graph and wait for its outcome, stopping the prompt whenever the wait ends early."""
     ctx.progress.node_classes = {node_id: node["class_type"] for node_id, node in graph.items()}
     ctx.progress.stage_changed("executing")
     # A fresh client id per attempt: a stale socket of an earlier attempt can never steal the
@@ -159,7 +160,8 @@ def _execute(runtime: Runtime, ctx: JobContext, graph: dict[str, Any]) -> Prompt
                 record_prompt(runtime.redis, ctx.job_id, ctx.run.lease_token, runtime.settings.comfyui_url,
                               submitted.prompt_id)
         ctx.phase(WAITING)
-        count(runtime, keys.executions(ctx.job_id))
+        if ctx.run is not None:  # a run outside the registry (the warm-up) is no job and has no job keys
+            count(runtime, keys.executions(ctx.job_id))
         log.info("job %s: ComfyUI prompt %s queued", ctx.job_id, submitted.prompt_id)
         if submitted.rejection is not None:
             raise submitted.rejection  # the valid part was queued: stopped below, no GPU time for a failed job

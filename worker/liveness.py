@@ -1,9 +1,10 @@
 """Liveness: the worker publishes what it is doing as a Redis key with a TTL.
 
 ``dance check`` (the Docker HEALTHCHECK) reads it. The key expires when the worker dies or its event
-loop stalls, and says ``ready: false`` while the gate waits for ComfyUI, so a health check, like every
-other view, sees the worker as ready only once ComfyUI is. The same beat renews, while the worker is
-ready, what its ComfyUI offers to each queue it consumes (worker/capabilities.py).
+loop stalls, and says ``ready: false`` while the gate waits for ComfyUI or the worker warms up (with
+``warming: true``), so a health check, like every other view, sees the worker as ready only once ComfyUI
+is, and warm. It also carries the start-up timeline (worker/startup.py). The same beat renews, while the
+worker is ready, what its ComfyUI offers to each queue it consumes (worker/capabilities.py).
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ def liveness_record(c: Any, runtime: Runtime) -> dict[str, Any]:
         "jobs": runtime.registry.job_ids(),
         "ready_after_s": gate.ready_after_s if gate is not None else None,
         "missing": list(gate.verdict.missing) if gate is not None and gate.verdict and not ready else [],
+        "warming": bool(gate is not None and gate.warming.is_set()),
+        "warmup_error": gate.warmup_error.as_dict() if gate is not None and gate.warmup_error else None,
+        "startup": runtime.timeline.as_dict(),
         "updated_at": time.time(),
     }
 

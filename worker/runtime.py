@@ -25,6 +25,7 @@ from worker.ownership.leases import ExecutionLeases
 from worker.ownership.registry import Registry
 from worker.pipeline import Pipeline
 from worker.settings import WorkerSettings
+from worker.startup import Timeline
 from worker.storage import Storage, open_storage
 from worker.workflow import Workflow, load_workflow
 
@@ -82,6 +83,8 @@ class Runtime:
     device: str | None = None
     #: What ComfyUI offers (producer/capabilities.py), from the gate's last full readiness check.
     capabilities: dict[str, Any] | None = None
+    #: When this process reached each start-up milestone (worker/startup.py).
+    timeline: Timeline = field(default_factory=Timeline)
     janitor: Janitor = field(init=False)
 
     def __post_init__(self) -> None:

@@ -75,6 +75,14 @@ DEFAULT_PRESIGN_EXPIRES_S = 7 * 24 * 3600
 #: answer, in seconds: long enough to ride out a broker restart (AOF reload) or a Sentinel failover;
 #: past it the job is handed back (broker.unreachable).
 DEFAULT_REDIS_RETRY_S = 30.0
+#: DANCE_WARMUP values: no warm-up, or a run of the workflow on the bundled sample media; any other value
+#: names a warm-up request file.
+WARMUP_OFF, WARMUP_ON = "off", "on"
+#: Warm-up when DANCE_WARMUP is unset: off, so a worker over the simulator (whose models load at once) or a
+#: test starts without a run; the GPU image sets it on (docker/Dockerfile).
+DEFAULT_WARMUP = WARMUP_OFF
+#: Longest the warm-up's prompt may run, in seconds: a cold GPU reads ~30 GB of models within it.
+DEFAULT_WARMUP_TIMEOUT_S = 900.0
 
 
 @dataclass(frozen=True)
@@ -127,6 +135,9 @@ class WorkerSettings:
     #: Scratch folder for downloads; a fresh temporary folder when unset.
     work_dir: Path | None = None
     fetch: FetchSettings = field(default_factory=FetchSettings)
+    #: ``off``, ``on`` (bundled sample media) or the path of a warm-up request file (worker/warmup.py).
+    warmup: str = DEFAULT_WARMUP
+    warmup_timeout_s: float = DEFAULT_WARMUP_TIMEOUT_S
 
     @property
     def restore_interval_s(self) -> int:
@@ -173,6 +184,9 @@ class WorkerSettings:
                         pipeline_depth=self.pipeline_depth)
         if not self.queues:
             raise error(CONFIG_INVALID, "DANCE_QUEUES names no queue", queues=list(self.queues))
+        if self.warmup_timeout_s <= 0:
+            raise error(CONFIG_INVALID, "DANCE_WARMUP_TIMEOUT_S must be positive",
+                        warmup_timeout_s=self.warmup_timeout_s)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> WorkerSettings:
@@ -205,6 +219,8 @@ class WorkerSettings:
             comfyui_input_dir=_path_or_none(env.get("COMFYUI_INPUT_DIR")),
             comfyui_output_dir=_path_or_none(env.get("COMFYUI_OUTPUT_DIR")),
             work_dir=_path_or_none(env.get("DANCE_WORK_DIR")),
+            warmup=_warmup_mode(env.get("DANCE_WARMUP", DEFAULT_WARMUP)),
+            warmup_timeout_s=env_float(env, "DANCE_WARMUP_TIMEOUT_S", DEFAULT_WARMUP_TIMEOUT_S),
             fetch=FetchSettings(
                 max_download_bytes=env_int(env, "DANCE_MAX_DOWNLOAD_BYTES", DEFAULT_MAX_DOWNLOAD_BYTES),
                 connect_timeout_s=env_float(env, "DANCE_CONNECT_TIMEOUT_S", DEFAULT_CONNECT_TIMEOUT_S),
@@ -218,6 +234,16 @@ class WorkerSettings:
 
 def _csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _warmup_mode(value: str) -> str:
+    """``off`` and ``on`` in the spellings env_bool takes; anything else is a request file's path."""
+    word = value.strip().lower()
+    if word in ("", "0", "false", "no", WARMUP_OFF):
+        return WARMUP_OFF
+    if word in ("1", "true", "yes", WARMUP_ON):
+        return WARMUP_ON
+    return value.strip()
 
 
 def _path_or_none(value: str | None) -> Path | None:

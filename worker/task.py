@@ -49,6 +49,7 @@ from worker.ownership.kombu_compat import HeldMessage, held_message
 from worker.ownership.registry import Run
 from worker.progress import ProgressReporter
 from worker.runtime import Runtime
+from worker.startup import FIRST_JOB
 from worker.workflow_job import WorkflowJob
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ def run_task(
     runtime = Runtime.current(self.app)
     job_id: str = self.request.id
     settings = runtime.settings
+    runtime.timeline.mark(FIRST_JOB)
     if runtime.pipeline.should_hand_back(job_id):
         # Taken ahead by a busy worker in the instant a peer turned idle: the idle GPU should run it.
         # Not an attempt: nothing ran.

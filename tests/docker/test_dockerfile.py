@@ -115,6 +115,10 @@ def test_each_image_stops_on_sigterm_and_reports_health_with_dance_check(name: s
 def test_the_gpu_image_requires_a_gpu_and_shares_comfyuis_folders_with_the_worker() -> None:
     env = env_of_stage("gpu")
     assert env["COMFYUI_REQUIRE_GPU"] == "1"
+    # and it warms up before ready, with the sample media demo/ makes, so no first job pays for model loading
+    assert env["DANCE_WARMUP"] == "on"
+    copies = " ".join(item.arguments for item in stage("gpu-build") if item.keyword == "COPY")
+    assert "demo /src/demo" in copies
     assert env["COMFYUI_BACKEND"] == "comfyui"
     assert env["COMFYUI_INPUT_DIR"] == "/data/comfyui/input"
     assert env["COMFYUI_OUTPUT_DIR"] == "/data/comfyui/output"
@@ -124,6 +128,7 @@ def test_the_cpu_image_puts_the_simulator_where_comfyui_would_be() -> None:
     env = env_of_stage("cpu")
     assert env["COMFYUI_BACKEND"] == "simulator"
     assert env["COMFYUI_REQUIRE_GPU"] == "0"
+    assert env["DANCE_WARMUP"] == "off"
     assert env["COMFYUI_URL"] == env_of_stage("gpu")["COMFYUI_URL"]
     runs = " ".join(item.arguments for item in stage("cpu-build") if item.keyword == "RUN")
     assert "[worker,simulator,flower]" in runs

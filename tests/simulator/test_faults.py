@@ -180,6 +180,7 @@ def test_faults_endpoint_rejects_unknown_keys_and_sets_exec_time(comfysim: Any) 
         "memory_frees": 0,
         "runs": [],
         "sockets": [],
+        "model_loads": [],
     }
 
 

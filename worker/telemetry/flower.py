@@ -8,6 +8,8 @@ Series (label ``worker`` is the Celery node name):
 
 * ``dance_worker_ready``, ``dance_worker_ready_seconds`` (start to ready), ``dance_worker_busy_ratio``
   (last minute), ``dance_worker_busy_seconds_total``;
+* ``dance_worker_warming`` (1 while the warm-up runs) and ``dance_worker_startup_seconds{milestone}``: the
+  start-up timeline (worker/startup.py), seconds from boot to each milestone reached;
 * ``dance_jobs_total{outcome, code}``;
 * ``dance_stage_duration_seconds{stage}``: a histogram of queue_wait, download, execute and upload;
 * ``dance_comfyui_vram_total_bytes`` / ``dance_comfyui_vram_free_bytes{device}`` from /system_stats;
@@ -32,6 +34,7 @@ from producer.clusterview import discover_queues, queue_depths, read_records
 from producer.ledger import HOOKS_QUEUE
 from producer.redisurl import redis_client
 from producer.settings import DEFAULT_QUEUE
+from worker.startup import MILESTONES
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,22 @@ def _worker_families(snapshots: list[dict[str, Any]]) -> Iterator[Metric]:
         ratio.add_metric(worker, float(snap.get("busy_ratio") or 0.0))
         busy.add_metric(worker, float(snap.get("busy_seconds_total") or 0.0))
     yield from (ready, ready_s, ratio, busy)
+    yield from _startup_families(snapshots)
+
+
+def _startup_families(snapshots: list[dict[str, Any]]) -> Iterator[Metric]:
+    warming = GaugeMetricFamily("dance_worker_warming", "1 while the worker runs its warm-up before ready",
+                                labels=["worker"])
+    startup = GaugeMetricFamily("dance_worker_startup_seconds", "Seconds from worker boot to each start-up "
+                                "milestone it reached", labels=["worker", "milestone"])
+    for snap in snapshots:
+        warming.add_metric([snap["hostname"]], 1.0 if snap.get("warming") else 0.0)
+        timeline = snap.get("startup") or {}
+        for milestone in MILESTONES:
+            after_s = timeline.get(f"{milestone}_s")
+            if after_s is not None:
+                startup.add_metric([snap["hostname"], milestone], float(after_s))
+    yield from (warming, startup)
 
 
 def _job_families(snapshots: list[dict[str, Any]]) -> Iterator[Metric]:

@@ -48,6 +48,9 @@ def readiness_text(runtime: Runtime, started_at: float) -> tuple[bool, str]:
     if gate is not None and gate.ready.is_set():
         after = f" after {gate.ready_after_s:.1f}s" if gate.ready_after_s is not None else ""
         return True, f"ready{after}, consuming {','.join(runtime.settings.queues)}"
+    if gate is not None and gate.warming.is_set():
+        since = time.monotonic() - (gate.warming_since or started_at)
+        return False, f"not ready: warming up (running the workflow once) for {since:.0f}s; no queue consumed"
     if gate is not None and gate.ready_after_s is not None:
         return False, "not ready: ComfyUI stopped answering; queues detached"
     return False, f"not ready: waiting for ComfyUI for {time.monotonic() - started_at:.0f}s; no queue consumed"
@@ -106,6 +109,7 @@ class Telemetry(bootsteps.StartStopStep):
         return {
             "hostname": self.hostname, "updated_at": time.time(), "ready": ready, "readiness": text,
             "ready_after_s": gate.ready_after_s if gate is not None else None,
+            "warming": bool(gate is not None and gate.warming.is_set()), "startup": self.runtime.timeline.as_dict(),
             "device": self.runtime.device, "queues": list(self.runtime.settings.queues), "vram": devices,
             **self.metrics.snapshot(),
         }
@@ -127,14 +131,15 @@ class Telemetry(bootsteps.StartStopStep):
         self.metrics.gpu_sample(bool(queue.get("queue_running")))
 
     def _loop(self) -> None:
-        last_state: tuple[bool, tuple[str, ...]] | None = None
+        last_state: tuple[bool, bool, tuple[str, ...]] | None = None
         last_at = last_sample_at = 0.0
         while not self.stop_event.is_set():
             if time.monotonic() - last_sample_at >= GPU_SAMPLE_S:
                 self.sample_gpu()
                 last_sample_at = time.monotonic()
             gate = self.runtime.gate
-            state = (bool(gate is not None and gate.ready.is_set()), tuple(self.metrics.current_jobs()))
+            state = (bool(gate is not None and gate.ready.is_set()), bool(gate is not None and gate.warming.is_set()),
+                     tuple(self.metrics.current_jobs()))
             due = time.monotonic() - last_at >= PUBLISH_INTERVAL_S
             if due or state != last_state or self.metrics.changed.is_set():
                 self.metrics.changed.clear()
