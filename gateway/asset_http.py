@@ -9,7 +9,6 @@ outputs; ``expires_at`` is the record's retention (its Redis TTL).
 from __future__ import annotations
 
 import asyncio
-import importlib
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -22,6 +21,8 @@ import redis as redis_lib
 from aiohttp import BodyPartReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from gateway.auth import Principal
+from gateway.context import PRINCIPAL
 from producer.assets import AssetRecord, Spool
 from producer.errors import (
     ASSET_BAD_HASH,
@@ -103,23 +104,13 @@ def guarded(handler: Handler) -> Handler:
 
 
 def caller_owner(request: web.Request) -> str:
-    """The caller's owner name: the principal gw-core's auth put on the request, "" without one.
+    """The caller's owner name: the name of the principal the auth middleware put on the request.
 
-    Until ``gateway.context.PRINCIPAL`` exists every caller is "" (a keyless gateway). A principal that
-    is neither a name nor has one is a programming error, refused loudly rather than read as "".
+    An app without that middleware (the asset routes alone) has no principal: every caller is "", as on
+    a keyless gateway.
     """
-    try:
-        context = importlib.import_module("gateway.context")
-    except ModuleNotFoundError:
-        return ""
-    key = getattr(context, "PRINCIPAL", None)
-    principal: Any = None if key is None else request.get(key)
-    if principal is None:
-        return ""
-    name = principal if isinstance(principal, str) else getattr(principal, "name", None)
-    if not isinstance(name, str):
-        raise TypeError("the request's principal has no name")
-    return name
+    principal: Principal | None = request.get(PRINCIPAL)
+    return "" if principal is None else principal.name
 
 
 # The Asset JSON ---------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The v2 asset routes: upload (multipart, streamed, blake3-addressed, deduplicated), mint from a hash,
-probe a hash, describe an asset, serve or redirect to its bytes, and forget it.
+probe a hash, describe an asset, and serve or redirect to its bytes. (The contract's DELETE is not
+served: the OpenAPI document, gateway/openapi.py, does not list it.)
 
 Every upload is streamed into a temporary file while it is hashed (never held in memory), refused past
 the size cap or on a wrong declared hash before anything is stored, and the temporary file is removed
@@ -15,7 +16,6 @@ redirects and drops the bearer token for the other origin) and reads the ``Locat
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
 import os
 from collections.abc import AsyncIterator, Mapping
@@ -41,6 +41,7 @@ from gateway.asset_http import (
     read_upload,
 )
 from gateway.asset_replay import remember, replayed, upload_key
+from gateway.context import CONTEXT
 from producer import assets
 from producer.assets import DEFAULT_CONTENT_TYPE, AssetRecord, Spool
 from producer.errors import (
@@ -113,19 +114,9 @@ class AssetServices:
 ASSET_SERVICES = web.AppKey("dance.gateway.asset_services", AssetServices)
 
 
-def _gateway_context(app: web.Application) -> Any | None:
-    """gw-core's GatewayContext on ``app`` (gateway/context.py), None where there is none."""
-    try:
-        context = importlib.import_module("gateway.context")
-    except ModuleNotFoundError:
-        return None
-    key = getattr(context, "CONTEXT", None)
-    return app[key] if key is not None and key in app else None
-
-
 async def _services_from_env(app: web.Application) -> AsyncIterator[None]:
     """Services for an app that set none: its gateway context's settings and Redis where it has them."""
-    ctx = _gateway_context(app)
+    ctx = app.get(CONTEXT)
     if ctx is None:
         services = AssetServices.from_env()
     else:
@@ -148,7 +139,6 @@ def add_asset_routes(app: web.Application) -> None:
     app.router.add_post("/api/v2/assets/from-hash", guarded(mint_from_hash))
     app.router.add_route("HEAD", "/api/v2/assets/by-hash/{hash}", guarded(probe_hash))
     app.router.add_get("/api/v2/assets/{id}", guarded(describe_asset))
-    app.router.add_delete("/api/v2/assets/{id}", guarded(delete_asset))
     app.router.add_get("/api/v2/assets/{id}/content", guarded(asset_content), name=CONTENT_ROUTE)
 
 
@@ -283,14 +273,6 @@ async def describe_asset(request: web.Request) -> web.Response:
     record = await _visible_record(request)
     body = await asyncio.to_thread(_describe, request, services, record, None)
     return web.json_response(body)
-
-
-async def delete_asset(request: web.Request) -> web.Response:
-    """DELETE /api/v2/assets/{id}: 204; the record goes, the blob stays for the other records over it."""
-    services = _services(request)
-    record = await _visible_record(request)
-    await asyncio.to_thread(services.redis.delete, assets.record_key(record.id))
-    return web.Response(status=204)
 
 
 async def asset_content(request: web.Request) -> web.StreamResponse:

@@ -297,21 +297,6 @@ def test_s3_content_redirects_with_307_to_a_presigned_url(
             assert client.get_asset_content_url(asset_id)[0] == location
 
 
-def test_deleting_an_asset_forgets_the_record_and_keeps_the_blob_for_other_assets(
-    gateway: ServedAssets, redis: redis_lib.Redis, storage: Storage, low: ComfyLow
-) -> None:
-    # Given two assets over the same bytes
-    data = pattern(3_000)
-    first = upload(gateway.base_url, data).json()["id"]
-    second = upload(gateway.base_url, data).json()["id"]
-    # When the first is deleted
-    low.delete_asset(first)
-    # Then it is gone, while the second still serves the bytes
-    assert httpx.get(f"{gateway.base_url}/api/v2/assets/{first}", timeout=HTTP_TIMEOUT_S).status_code == 404
-    with low.get_asset_content(second) as content:
-        assert content.read() == data
-
-
 def test_an_unknown_asset_id_answers_404_not_found(gateway: ServedAssets) -> None:
     # Given no assets, When an unknown and a malformed id are described, Then both are 404 not_found
     for asset_id in (str(uuid.uuid4()), "not-a-uuid", str(uuid.uuid4()).upper()):
