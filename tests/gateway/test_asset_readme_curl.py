@@ -1,5 +1,5 @@
-"""Every curl line of the README's Assets section works as shown, against the asset routes over real Redis
-and a real storage folder.
+"""Every curl line of the README's Assets section (under HTTP gateway) works as shown, against the asset
+routes over real Redis and a real storage folder.
 
 The lines are read from the section's block, never copied here. ``$GW`` and ``$KEY`` come from the
 environment; ``HEX`` is the blake3 of the ``photo.png`` the first line uploads and ``ASSET_ID`` the asset
@@ -35,7 +35,7 @@ MAX_UPLOAD_BYTES = 1 << 20
 def section_lines() -> list[str]:
     """The curl lines of the README's Assets section, continuations joined, comments dropped."""
     readme = (ROOT / "README.md").read_text()
-    section = readme.split("\n## Assets\n", 1)[1].split("\n## ", 1)[0]
+    section = re.split(r"\n##+ ", readme.split("\n### Assets\n", 1)[1], maxsplit=1)[0]
     block = section.split("```text\n", 1)[1].split("```", 1)[0]
     joined = block.replace("\\\n", " ").splitlines()
     return [re.sub(r"\s+#.*$", "", line.strip()) for line in joined if line.strip().startswith("curl ")]
