@@ -1,0 +1,284 @@
+"""What each GPU worker costs the one Redis, as the fleet grows: ``python -m harness.bench_fleet``.
+
+For each fleet size it starts one redis-server and N real GPU workers (``dance worker``), measures Redis's
+own counters over a fixed window, first idle, then under a backlog, and reports per worker: commands/s,
+bytes/s in and out, and redis-server's CPU. A cost that stays flat from 1 to 32 workers has no term that
+grows with the fleet (gossip, a view that reads every peer); :func:`flatness` fits it.
+
+Lightweight on purpose, so that two cores hold 32 workers: one simulator serves
+:data:`WORKERS_PER_SIMULATOR` workers (each worker's gate, orphan sweep and prompts only touch its own
+prompts, so they share a ComfyUI harmlessly; under the backlog one worker's prompt runs and the others' wait
+in that ComfyUI's queue, which costs the broker the same: every worker holds a leased job), media are a
+few kilobytes, and the backlog's jobs outlast the window (:data:`BACKLOG_EXEC_S`) so what is measured is
+the steady cost of a busy worker with work waiting, not the per-job cost of finishing jobs.
+
+Counters come from one raw ``INFO stats commandstats cpu`` round trip per sample, whose own bytes and
+command are taken out of the deltas (an INFO reply is kilobytes: at one idle worker it would be a
+visible share of the traffic).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness import bench_flower
+from harness.bench_cluster import ThrottledMedia, bench_media
+from harness.bench_scenarios import request_for
+from harness.local import fresh_dir, redis_service, simulator_service, wait_for_port, wait_for_redis, worker_service
+from harness.processes import ManagedProcess, free_port, wait_until
+from producer import keys
+from producer.client import DanceClient
+from producer.clusterview import read_records
+from producer.settings import ProducerSettings
+
+#: Fleet sizes measured by ``make bench``, and by ``--quick``.
+FLEET_SIZES = (1, 4, 16, 32)
+QUICK_FLEET_SIZES = (1, 4)
+#: Workers that share one simulated ComfyUI (one simulator process per worker would not fit two cores).
+WORKERS_PER_SIMULATOR = 8
+#: Length of each measurement window, in seconds (and with --quick).
+WINDOW_S = 20.0
+QUICK_WINDOW_S = 6.0
+#: Simulated execution time of a backlog job, in seconds: longer than any window, so none ends inside it.
+BACKLOG_EXEC_S = 3600.0
+#: Jobs queued per worker for the backlog: each worker holds one or two, the rest wait in Redis.
+BACKLOG_JOBS_PER_WORKER = 3
+#: How long a whole fleet may take to start and be ready on a loaded two-core machine, in seconds.
+FLEET_READY_TIMEOUT_S = 420.0
+#: The largest drift of the per-worker cost from the smallest fleet's that still counts as flat, in percent.
+FLAT_TOLERANCE_PCT = 15.0
+#: Share of one core redis-server may spend on the fleet in the capacity projection (BENCHMARKS.md).
+CPU_BUDGET_CORES = 0.5
+#: The raw INFO request one sample sends (RESP array: INFO stats commandstats cpu).
+INFO_REQUEST = b"*4\r\n$4\r\nINFO\r\n$5\r\nstats\r\n$12\r\ncommandstats\r\n$3\r\ncpu\r\n"
+#: Socket timeout of a sample, in seconds.
+SAMPLE_TIMEOUT_S = 10.0
+
+Figures = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class BrokerSample:
+    """Redis's counters at one instant, and the size of the INFO reply that carried them."""
+
+    at_s: float
+    commands: int
+    input_bytes: int
+    output_bytes: int
+    cpu_s: float
+    calls: dict[str, int]
+    reply_bytes: int
+
+    @staticmethod
+    def read(port: int) -> BrokerSample:
+        with socket.create_connection(("127.0.0.1", port), timeout=SAMPLE_TIMEOUT_S) as sock:
+            sock.sendall(INFO_REQUEST)
+            raw = _read_bulk(sock)
+        fields: dict[str, str] = {}
+        calls: dict[str, int] = {}
+        for line in raw.decode().splitlines():
+            name, _, value = line.partition(":")
+            if name.startswith("cmdstat_"):
+                calls[name.removeprefix("cmdstat_")] = int(value.split(",")[0].removeprefix("calls="))
+            elif value:
+                fields[name] = value
+        return BrokerSample(time.monotonic(), int(fields["total_commands_processed"]),
+                            int(fields["total_net_input_bytes"]), int(fields["total_net_output_bytes"]),
+                            float(fields["used_cpu_sys"]) + float(fields["used_cpu_user"]), calls, len(raw))
+
+
+def _read_bulk(sock: socket.socket) -> bytes:
+    """One RESP bulk string (``$<length>\\r\\n<data>\\r\\n``) from ``sock``."""
+    buffer = b""
+    while b"\r\n" not in buffer:
+        buffer += sock.recv(65536)
+    header, _, rest = buffer.partition(b"\r\n")
+    length = int(header[1:])
+    while len(rest) < length + 2:
+        rest += sock.recv(65536)
+    return rest[:length]
+
+
+@dataclass(frozen=True)
+class BrokerCost:
+    """What Redis did between two samples, the samples' own traffic taken out."""
+
+    span_s: float
+    commands: int
+    input_bytes: int
+    output_bytes: int
+    cpu_s: float
+    #: Calls per command, those run inside scripts included (INFO commandstats), INFO itself left out.
+    calls: dict[str, int]
+
+    @staticmethod
+    def between(start: BrokerSample, end: BrokerSample) -> BrokerCost:
+        # The end sample's counters include the start sample's request and reply (one INFO command), and
+        # its own request (read before INFO ran), not its own reply.
+        calls = {name: count - start.calls.get(name, 0) for name, count in end.calls.items()
+                 if name != "info" and count > start.calls.get(name, 0)}
+        return BrokerCost(end.at_s - start.at_s, end.commands - start.commands - 1,
+                          end.input_bytes - start.input_bytes - 2 * len(INFO_REQUEST),
+                          end.output_bytes - start.output_bytes - start.reply_bytes, end.cpu_s - start.cpu_s, calls)
+
+    def per_worker(self, workers: int) -> Figures:
+        """Rates per second and per worker."""
+        scale = 1 / (self.span_s * workers)
+        top = sorted(self.calls.items(), key=lambda item: -item[1])[:8]
+        return {"commands_per_s": round(self.commands * scale, 2),
+                "calls_per_s": round(sum(self.calls.values()) * scale, 2),
+                "input_bytes_per_s": round(self.input_bytes * scale, 1),
+                "output_bytes_per_s": round(self.output_bytes * scale, 1),
+                "redis_cpu_ms_per_s": round(self.cpu_s * 1000 * scale, 3),
+                "top_calls_per_s": {name: round(count * scale, 2) for name, count in top}}
+
+
+@dataclass
+class Fleet:
+    """One redis-server, N GPU workers and one simulator per :data:`WORKERS_PER_SIMULATOR` of them."""
+
+    root: Path
+    size: int
+    port: int = 0
+    sims: list[str] = field(default_factory=list)
+    processes: list[ManagedProcess] = field(default_factory=list)
+    workers: list[ManagedProcess] = field(default_factory=list)
+
+    @property
+    def broker(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> Fleet:
+        logs, self.port = self.root / "logs", free_port()
+        self.processes.append(redis_service("redis", self.port, self.root / "redis", logs).start())
+        wait_for_redis(self.port, 15)
+        for index in range(-(-self.size // WORKERS_PER_SIMULATOR)):
+            sim_port = free_port()
+            self.processes.append(simulator_service(f"sim{index}", sim_port, self.root / f"comfyui{index}", logs,
+                                                    BACKLOG_EXEC_S).start())
+            wait_for_port(sim_port, 30, f"simulator {index}")
+            self.sims.append(f"http://127.0.0.1:{sim_port}")
+        for index in range(self.size):
+            self._start_worker(index)
+        wait_until(lambda: all(" ready." in worker.log() for worker in self.workers), FLEET_READY_TIMEOUT_S,
+                   f"all {self.size} workers to be ready")
+        return self
+
+    def _start_worker(self, index: int) -> None:
+        sim = index // WORKERS_PER_SIMULATOR
+        env = {
+            "CELERY_BROKER_URL": self.broker, "CELERY_RESULT_BACKEND": self.broker,
+            "COMFYUI_URL": self.sims[sim], "DANCE_STORAGE_URL": (self.root / "storage").as_uri(),
+            "COMFYUI_INPUT_DIR": str(self.root / f"comfyui{sim}" / "input"),
+            "COMFYUI_OUTPUT_DIR": str(self.root / f"comfyui{sim}" / "output"),
+            "DANCE_WORK_DIR": str(self.root / f"scratch{index}"), "DANCE_FETCH_ALLOW_HOSTS": "127.0.0.1",
+        }
+        worker = worker_service(f"gpu{index}", env, self.root / "logs").start()
+        self.workers.append(worker)
+        self.processes.append(worker)
+
+    def client(self) -> DanceClient:
+        return DanceClient(ProducerSettings(broker_url=self.broker, result_backend=self.broker,
+                                            storage_url=(self.root / "storage").as_uri()))
+
+    def every_worker_holds_a_job(self, client: DanceClient) -> bool:
+        records = read_records(client.redis, keys.WORKER_LIVENESS_PATTERN)
+        return len(records) == self.size and all(record.get("jobs") for record in records)
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+
+
+def measure(port: int, window_s: float, workers: int) -> Figures:
+    start = BrokerSample.read(port)
+    time.sleep(window_s)  # the measurement window itself: Redis's counters run on, nothing to wait for
+    return BrokerCost.between(start, BrokerSample.read(port)).per_worker(workers)
+
+
+def one_fleet(root: Path, size: int, window_s: float) -> dict[str, Figures]:
+    """Per-worker cost of a fleet of ``size`` workers, idle and then under a backlog."""
+    fleet = Fleet(root, size).start()
+    media = ThrottledMedia(bench_media(root / "media", tiny=True), bytes_per_s=None)
+    try:
+        idle = measure(fleet.port, window_s, size)
+        with fleet.client() as client:
+            for n in range(size * BACKLOG_JOBS_PER_WORKER):
+                client.submit(request_for(media, seed=n))
+            wait_until(lambda: fleet.every_worker_holds_a_job(client), FLEET_READY_TIMEOUT_S,
+                       "every worker to hold a job of the backlog")
+            backlog = measure(fleet.port, window_s, size)
+    finally:
+        fleet.stop()
+        media.close()
+    return {"idle": idle, "backlog": backlog}
+
+
+def flatness(per_worker: dict[int, float]) -> Figures:
+    """How far the per-worker cost moves from the smallest fleet's, and its least-squares slope per worker."""
+    sizes = sorted(per_worker)
+    base = per_worker[sizes[0]]
+    drift_pct = max(abs(per_worker[n] / base - 1) for n in sizes) * 100 if base else 0.0
+    mean_n = sum(sizes) / len(sizes)
+    mean_v = sum(per_worker.values()) / len(sizes)
+    spread = sum((n - mean_n) ** 2 for n in sizes)
+    slope = sum((n - mean_n) * (per_worker[n] - mean_v) for n in sizes) / spread if spread else 0.0
+    return {"drift_pct": round(drift_pct, 1), "slope_per_worker": round(slope, 4),
+            "slope_pct_of_base_per_worker": round(slope / base * 100, 3) if base else 0.0}
+
+
+#: The per-worker figures whose flatness is judged.
+JUDGED = ("commands_per_s", "input_bytes_per_s", "output_bytes_per_s")
+
+
+def fit(by_size: dict[int, dict[str, Figures]]) -> Figures:
+    """The figures ``make bench`` prints and judges: per phase the worst drift, plus the fits and projection."""
+    out: Figures = {}
+    for phase in ("idle", "backlog"):
+        fits = {figure: flatness({n: by_size[n][phase][figure] for n in by_size}) for figure in JUDGED}
+        out[f"{phase}_fit"] = fits
+        out[f"{phase}_drift_pct"] = max(fit_["drift_pct"] for fit_ in fits.values())
+    largest = by_size[max(by_size)]
+    cpu_ms = max(largest["idle"]["redis_cpu_ms_per_s"], largest["backlog"]["redis_cpu_ms_per_s"])
+    out["redis_cpu_ms_per_worker_s"] = cpu_ms
+    out["workers_at_half_core"] = int(CPU_BUDGET_CORES * 1000 / cpu_ms) if cpu_ms else None
+    return out
+
+
+def fleet(root: Path, quick: bool) -> Figures:
+    """The ``fleet`` scenario of ``make bench``: broker cost per worker at each size, and Flower's memory."""
+    sizes, window_s = (QUICK_FLEET_SIZES, QUICK_WINDOW_S) if quick else (FLEET_SIZES, WINDOW_S)
+    by_size = {size: one_fleet(root / f"n{size}", size, window_s) for size in sizes}
+    for size, phases in by_size.items():
+        print(f"  fleet of {size:>2}: {json.dumps(phases)}", flush=True)
+    return {"sizes": list(sizes), "window_s": window_s, "per_worker": {str(n): v for n, v in by_size.items()},
+            **fit(by_size), **bench_flower.flower_memory(quick)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m harness.bench_fleet", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fleets of 1 and 4, short windows: a smoke run")
+    parser.add_argument("--sizes", type=lambda text: tuple(int(n) for n in text.split(",")),
+                        help="comma-separated fleet sizes (default 1,4,16,32)")
+    parser.add_argument("--dir", type=Path, default=Path("var/bench-fleet"))
+    args = parser.parse_args(argv)
+    root = fresh_dir(args.dir.resolve())
+    if args.sizes:
+        by_size = {size: one_fleet(root / f"n{size}", size, WINDOW_S) for size in args.sizes}
+        results: Figures = {"per_worker": {str(n): v for n, v in by_size.items()}, **fit(by_size)}
+    else:
+        results = fleet(root, args.quick)
+    print(json.dumps(results, indent=2))
+    (root / "results.json").write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
