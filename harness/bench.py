@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from harness import bench_fleet, bench_flower
 from harness import bench_scenarios as scenarios
 from harness.local import fresh_dir
 
@@ -31,6 +32,12 @@ TARGETS: list[tuple[str, str, str, float, str]] = [
     ("conservation", "wait_to_start_max_ms", "<=", 500.0, "fewer jobs than idle GPUs: longest wait to start"),
     ("scaling", "speedup", ">=", 7.6, "8 simulated GPUs over 1, throughput"),
     ("memory", "rss_growth_mb", "<=", 64.0, "peak worker RSS growth while a 1 GB output goes to S3"),
+    ("fleet", "idle_drift_pct", "<=", bench_fleet.FLAT_TOLERANCE_PCT,
+     "broker cost per idle worker, 1 to 32 workers: worst drift (cmds, bytes)"),
+    ("fleet", "backlog_drift_pct", "<=", bench_fleet.FLAT_TOLERANCE_PCT,
+     "broker cost per busy worker, 1 to 32 workers: worst drift (cmds, bytes)"),
+    ("fleet", "flower_rss_growth_last_third_mb", "<=", bench_flower.RSS_GROWTH_BOUND_MB,
+     "Flower RSS growth, last third of 1,000 workers' events"),
 ]
 
 
@@ -44,6 +51,7 @@ def plan(root: Path, quick: bool) -> dict[str, Callable[[], dict[str, Any]]]:
         "conservation": lambda: scenarios.conservation(root / "conservation", rounds=2 if quick else 5),
         "scaling": lambda: _scaling(root, 4 if quick else 10),
         "memory": lambda: scenarios.memory(root / "memory", 1 << 30),
+        "fleet": lambda: bench_fleet.fleet(root / "fleet", quick),
     }
 
 
