@@ -5,12 +5,14 @@ own counters over a fixed window, first idle, then under a backlog, and reports 
 bytes/s in and out, and redis-server's CPU. A cost that stays flat from 1 to 32 workers has no term that
 grows with the fleet (gossip, a view that reads every peer); :func:`flatness` fits it.
 
-Lightweight on purpose, so that two cores hold 32 workers: one simulator serves
-:data:`WORKERS_PER_SIMULATOR` workers (each worker's gate, orphan sweep and prompts only touch its own
-prompts, so they share a ComfyUI harmlessly; under the backlog one worker's prompt runs and the others' wait
-in that ComfyUI's queue, which costs the broker the same: every worker holds a leased job), media are a
-few kilobytes, and the backlog's jobs outlast the window (:data:`BACKLOG_EXEC_S`) so what is measured is
-the steady cost of a busy worker with work waiting, not the per-job cost of finishing jobs.
+Lightweight on purpose, so that two cores hold 32 workers: media are a few kilobytes, and the backlog's
+jobs outlast the window (:data:`BACKLOG_EXEC_S`), so a busy simulator only sleeps and what is measured is
+the steady cost of a busy worker with work waiting. Each worker has a simulator of its own (76 MB and under
+a CPU second to start): workers sharing one would not all be in the same state under the backlog (the
+worker whose prompt runs stages a second job, those whose prompts wait in that ComfyUI's queue hold one),
+and that alone moved the busy per-worker input bytes by 16 % between a fleet of one and of 32. What
+finishing a job costs is measured apart (:func:`per_job`: short jobs on a small fleet) and added to the
+projection at one job per :data:`PROJECTED_JOB_EVERY_S`.
 
 Counters come from one raw ``INFO stats commandstats cpu`` round trip per sample, whose own bytes and
 command are taken out of the deltas (an INFO reply is kilobytes: at one idle worker it would be a
@@ -41,8 +43,8 @@ from producer.settings import ProducerSettings
 #: Fleet sizes measured by ``make bench``, and by ``--quick``.
 FLEET_SIZES = (1, 4, 16, 32)
 QUICK_FLEET_SIZES = (1, 4)
-#: Workers that share one simulated ComfyUI (one simulator process per worker would not fit two cores).
-WORKERS_PER_SIMULATOR = 8
+#: Workers that share one simulated ComfyUI (1: each its own, so that every busy worker holds the same jobs).
+WORKERS_PER_SIMULATOR = 1
 #: Length of each measurement window, in seconds (and with --quick).
 WINDOW_S = 20.0
 QUICK_WINDOW_S = 6.0
@@ -58,6 +60,12 @@ FLAT_TOLERANCE_PCT = 15.0
 CPU_BUDGET_CORES = 0.5
 #: The raw INFO request one sample sends (RESP array: INFO stats commandstats cpu).
 INFO_REQUEST = b"*4\r\n$4\r\nINFO\r\n$5\r\nstats\r\n$12\r\ncommandstats\r\n$3\r\ncpu\r\n"
+#: The per-job cost is measured on this many workers running this many short jobs of this simulated length.
+TURNOVER_WORKERS = 4
+TURNOVER_JOBS = 40
+TURNOVER_EXEC_S = 0.2
+#: How often a GPU worker ends a job in the projection, in seconds (a warm dance job takes about 15 s).
+PROJECTED_JOB_EVERY_S = 15.0
 #: Socket timeout of a sample, in seconds.
 SAMPLE_TIMEOUT_S = 10.0
 
@@ -142,10 +150,12 @@ class BrokerCost:
 
 @dataclass
 class Fleet:
-    """One redis-server, N GPU workers and one simulator per :data:`WORKERS_PER_SIMULATOR` of them."""
+    """One redis-server, N GPU workers and one simulator per :data:`WORKERS_PER_SIMULATOR` of them (each
+    worker's gate, orphan sweep and prompts touch only its own prompts, so sharing one is harmless)."""
 
     root: Path
     size: int
+    exec_s: float = BACKLOG_EXEC_S
     port: int = 0
     sims: list[str] = field(default_factory=list)
     processes: list[ManagedProcess] = field(default_factory=list)
@@ -162,7 +172,7 @@ class Fleet:
         for index in range(-(-self.size // WORKERS_PER_SIMULATOR)):
             sim_port = free_port()
             self.processes.append(simulator_service(f"sim{index}", sim_port, self.root / f"comfyui{index}", logs,
-                                                    BACKLOG_EXEC_S).start())
+                                                    self.exec_s).start())
             wait_for_port(sim_port, 30, f"simulator {index}")
             self.sims.append(f"http://127.0.0.1:{sim_port}")
         for index in range(self.size):
@@ -221,6 +231,32 @@ def one_fleet(root: Path, size: int, window_s: float) -> dict[str, Figures]:
     return {"idle": idle, "backlog": backlog}
 
 
+def per_job(root: Path, window_s: float) -> Figures:
+    """What one job costs Redis beyond the workers' steady cost: TURNOVER_JOBS short jobs on a small fleet,
+    the fleet's idle rate over the same span taken out."""
+    fleet = Fleet(root, TURNOVER_WORKERS, exec_s=TURNOVER_EXEC_S).start()
+    media = ThrottledMedia(bench_media(root / "media", tiny=True), bytes_per_s=None)
+    try:
+        start = BrokerSample.read(fleet.port)
+        time.sleep(window_s)  # the idle window
+        middle = BrokerSample.read(fleet.port)
+        with fleet.client() as client:
+            handles = [client.submit(request_for(media, seed=n)) for n in range(TURNOVER_JOBS)]
+            for handle in handles:
+                handle.result(timeout_s=FLEET_READY_TIMEOUT_S)
+        busy = BrokerCost.between(middle, BrokerSample.read(fleet.port))
+    finally:
+        fleet.stop()
+        media.close()
+    idle = BrokerCost.between(start, middle)
+    steady = busy.span_s / idle.span_s
+    return {"jobs": TURNOVER_JOBS,
+            "commands_per_job": round((busy.commands - idle.commands * steady) / TURNOVER_JOBS, 1),
+            "input_bytes_per_job": round((busy.input_bytes - idle.input_bytes * steady) / TURNOVER_JOBS),
+            "output_bytes_per_job": round((busy.output_bytes - idle.output_bytes * steady) / TURNOVER_JOBS),
+            "redis_cpu_ms_per_job": round((busy.cpu_s - idle.cpu_s * steady) * 1000 / TURNOVER_JOBS, 3)}
+
+
 def flatness(per_worker: dict[int, float]) -> Figures:
     """How far the per-worker cost moves from the smallest fleet's, and its least-squares slope per worker."""
     sizes = sorted(per_worker)
@@ -239,8 +275,9 @@ def flatness(per_worker: dict[int, float]) -> Figures:
 JUDGED = ("commands_per_s", "input_bytes_per_s", "output_bytes_per_s")
 
 
-def fit(by_size: dict[int, dict[str, Figures]]) -> Figures:
-    """The figures ``make bench`` prints and judges: per phase the worst drift, plus the fits and projection."""
+def fit(by_size: dict[int, dict[str, Figures]], jobs: Figures | None = None) -> Figures:
+    """The figures ``make bench`` prints and judges: per phase the worst drift, the fits, and the projection
+    (with ``jobs``, each worker also ends a job every PROJECTED_JOB_EVERY_S)."""
     out: Figures = {}
     for phase in ("idle", "backlog"):
         fits = {figure: flatness({n: by_size[n][phase][figure] for n in by_size}) for figure in JUDGED}
@@ -256,6 +293,9 @@ def fit(by_size: dict[int, dict[str, Figures]]) -> Figures:
         out[f"{phase}_redis_cpu_ms_per_worker_s"] = round(line["slope_per_worker"], 3)
         fixed_ms = max(fixed_ms, line["intercept"])
     marginal_ms = max(out["idle_redis_cpu_ms_per_worker_s"], out["backlog_redis_cpu_ms_per_worker_s"])
+    if jobs is not None:
+        marginal_ms += max(0.0, jobs["redis_cpu_ms_per_job"]) / PROJECTED_JOB_EVERY_S
+        out["projected_redis_cpu_ms_per_worker_s"] = round(marginal_ms, 3)
     out["redis_cpu_fixed_ms_s"] = round(fixed_ms, 3)
     out["workers_at_half_core"] = int((CPU_BUDGET_CORES * 1000 - fixed_ms) / marginal_ms) if marginal_ms > 0 else None
     return out
@@ -275,8 +315,10 @@ def fleet(root: Path, quick: bool) -> Figures:
     by_size = {size: one_fleet(root / f"n{size}", size, window_s) for size in sizes}
     for size, phases in by_size.items():
         print(describe(size, phases), flush=True)
+    jobs = per_job(root / "turnover", window_s)
+    print(f"  per job, beyond the steady cost: {json.dumps(jobs)}", flush=True)
     return {"sizes": list(sizes), "window_s": window_s, "per_worker": {str(n): v for n, v in by_size.items()},
-            **fit(by_size), **bench_flower.flower_memory(quick)}
+            **fit(by_size, jobs), "per_job": jobs, **bench_flower.flower_memory(quick)}
 
 
 def main(argv: list[str] | None = None) -> int:
