@@ -39,6 +39,7 @@ from producer import keys
 from producer.client import DanceClient
 from producer.clusterview import read_records
 from producer.settings import ProducerSettings
+from worker.settings import DEFAULT_PIPELINE_DEPTH
 
 #: Fleet sizes measured by ``make bench``, and by ``--quick``.
 FLEET_SIZES = (1, 4, 16, 32)
@@ -50,8 +51,10 @@ WINDOW_S = 20.0
 QUICK_WINDOW_S = 6.0
 #: Simulated execution time of a backlog job, in seconds: longer than any window, so none ends inside it.
 BACKLOG_EXEC_S = 3600.0
-#: Jobs queued per worker for the backlog: each worker holds one or two, the rest wait in Redis.
+#: Jobs queued per worker for the backlog: each worker holds BUSY_JOBS, the rest wait in Redis.
 BACKLOG_JOBS_PER_WORKER = 3
+#: Jobs a busy worker holds at the default pipeline depth: the executing one and the staged ones.
+BUSY_JOBS = DEFAULT_PIPELINE_DEPTH + 1
 #: How long a whole fleet may take to start and be ready on a loaded two-core machine, in seconds.
 FLEET_READY_TIMEOUT_S = 420.0
 #: The largest drift of the per-worker cost from the smallest fleet's that still counts as flat, in percent.
@@ -198,13 +201,17 @@ class Fleet:
         return DanceClient(ProducerSettings(broker_url=self.broker, result_backend=self.broker,
                                             storage_url=(self.root / "storage").as_uri()))
 
-    def every_worker_holds_a_job(self, client: DanceClient) -> bool:
+    def every_worker_is_full(self, client: DanceClient) -> bool:
+        """Every worker holds its executing job and the staged one: staging is over, the window may start
+        (at 32 workers on two cores, staging the second jobs would otherwise spill into the window)."""
         records = read_records(client.redis, keys.WORKER_LIVENESS_PATTERN)
-        return len(records) == self.size and all(record.get("jobs") for record in records)
+        return len(records) == self.size and all(len(record.get("jobs") or []) >= BUSY_JOBS for record in records)
 
     def stop(self) -> None:
+        """SIGKILL everything: the backlog's jobs and Redis's data are thrown away anyway, and 32 workers
+        that each drain a running job for their SIGTERM's grace would take minutes one after the other."""
         for process in reversed(self.processes):
-            process.stop()
+            process.kill()
 
 
 def measure(port: int, window_s: float, workers: int) -> Figures:
@@ -222,8 +229,8 @@ def one_fleet(root: Path, size: int, window_s: float) -> dict[str, Figures]:
         with fleet.client() as client:
             for n in range(size * BACKLOG_JOBS_PER_WORKER):
                 client.submit(request_for(media, seed=n))
-            wait_until(lambda: fleet.every_worker_holds_a_job(client), FLEET_READY_TIMEOUT_S,
-                       "every worker to hold a job of the backlog")
+            wait_until(lambda: fleet.every_worker_is_full(client), FLEET_READY_TIMEOUT_S,
+                       f"every worker to hold {BUSY_JOBS} jobs of the backlog")
             backlog = measure(fleet.port, window_s, size)
     finally:
         fleet.stop()
