@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import bench_coldstart as coldstart
-from harness import bench_gateway
+from harness import bench_fleet, bench_flower, bench_gateway
 from harness import bench_scenarios as scenarios
 from harness.local import fresh_dir
 
@@ -37,6 +37,12 @@ TARGETS: list[tuple[str, str, str, float, str]] = [
     ("coldstart", "on_first_over_warm", "<=", 1.10, "first job after ready over a warm one, with the warm-up"),
     ("gateway", "added_p50_ms", "<=", 10.0, "gateway's added submit latency over the Python producer, p50"),
     ("gateway", "sse_delay_p50_ms", "<=", 250.0, "SSE progress event delay, worker's write to client, p50"),
+    ("fleet", "idle_drift_pct", "<=", bench_fleet.FLAT_TOLERANCE_PCT,
+     "broker cost per idle worker, 1 to 32 workers: worst drift (cmds, bytes)"),
+    ("fleet", "backlog_drift_pct", "<=", bench_fleet.FLAT_TOLERANCE_PCT,
+     "broker cost per busy worker, 1 to 32 workers: worst drift (cmds, bytes)"),
+    ("fleet", "flower_rss_growth_last_third_mb", "<=", bench_flower.RSS_GROWTH_BOUND_MB,
+     "Flower RSS growth, last third of 1,000 workers' events"),
 ]
 
 
@@ -54,6 +60,7 @@ def plan(root: Path, quick: bool) -> dict[str, Callable[[], dict[str, Any]]]:
                                                   warm_jobs=2 if quick else 3),
         "gateway": lambda: bench_gateway.gateway_latency(root / "gateway", jobs=10 if quick else 50,
                                                          sse_jobs=2 if quick else 5),
+        "fleet": lambda: bench_fleet.fleet(root / "fleet", quick),
     }
 
 

@@ -16,6 +16,7 @@ from kombu.entity import Queue
 from producer.celeryconf import LazyConfig, shared_config
 from worker.gate import ComfyGate
 from worker.liveness import Liveness
+from worker.peers import without_gossip_and_mingle
 from worker.pipeline import concurrency_for
 from worker.result_backend import OVERRIDE_BACKENDS
 from worker.runtime import RuntimeStep
@@ -94,3 +95,4 @@ app.config_from_object(LazyConfig(lambda: worker_config(WorkerSettings.from_env(
 app.steps["worker"].add(RuntimeStep)
 app.steps["consumer"].add(ComfyGate)
 app.steps["consumer"].add(Liveness)
+without_gossip_and_mingle(app)

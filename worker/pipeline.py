@@ -40,6 +40,32 @@ VIEW_REFRESH_S = 0.2
 #: An idle announcement older than this no longer counts, in seconds (the announcer may have died).
 IDLE_TTL_S = 2.0
 
+# The cluster view in one server-side script: announce (ZADD/ZREM), drop announcements older than
+# IDLE_TTL_S (a dead worker's), count the idle peers (ZCOUNT, O(log N)) and sum the priority lists'
+# lengths, and return two integers. It used to read every idle peer's name back (ZRANGEBYSCORE) in a
+# pipeline of 12 commands per queue, whose reply grew with the fleet: every worker paid O(N) bytes five
+# times a second, O(N^2) for the broker. Now a refresh costs one EVALSHA and a fixed number of commands
+# inside Redis, whatever the fleet's size (harness/bench_fleet.py measures it per worker).
+# A script rather than one summary key that an elected worker refreshes: every worker still has to
+# announce itself each refresh, so the summary would save only the LLENs, and it would add an election, a
+# view as old as the leader's last refresh and a gap whenever the leader dies. Peers idle in several of
+# this worker's queues are counted once per queue: exact for a worker of one queue (the recommended layout,
+# a queue per GPU class); an over-count only leaves a job in the queue for a peer, never hoards one.
+VIEW_SCRIPT = """
+local host, now, ttl, idle = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4] == "1"
+local queues = tonumber(ARGV[5])
+local peers, backlog = 0, 0
+for q = 1, queues do
+  if idle then redis.call("ZADD", KEYS[q], now, host) else redis.call("ZREM", KEYS[q], host) end
+  redis.call("ZREMRANGEBYSCORE", KEYS[q], "-inf", "(" .. (now - ttl))
+  peers = peers + redis.call("ZCOUNT", KEYS[q], now - ttl, "+inf") - (idle and 1 or 0)
+end
+for i = queues + 1, #KEYS do
+  backlog = backlog + redis.call("LLEN", KEYS[i])
+end
+return {peers, backlog}
+"""
+
 
 def concurrency_for(depth: int) -> int:
     """Pool threads a worker needs: the staged jobs, the executing one and one finishing; 1 when serial."""
@@ -68,7 +94,10 @@ class Pipeline:
         self.view = ClusterView()
         #: The runs this worker holds, with their phases (worker/ownership/registry.py).
         self.registry = registry
-        self._announced = False
+        self._view_script = client.register_script(VIEW_SCRIPT)
+        #: The script's keys: every queue's idle set, then every queue's priority lists.
+        self._view_keys = [idle_key(queue) for queue in queues] + [
+            f"{queue}{PRIORITY_SEPARATOR}{step}" if step else queue for queue in queues for step in PRIORITY_STEPS]
 
     @property
     def concurrency(self) -> int:
@@ -109,26 +138,9 @@ class Pipeline:
                 log.debug("cluster view not refreshed: %s", exc)
 
     def refresh_view(self) -> None:
+        """Announce this worker idle (or not) and read the view back: one script call, one round trip."""
         staged, executing, _ = self.counts()
         idle = bool(self.hostname) and self.ready() and staged == 0 and executing == 0
-        now = time.time()
-        pipe = self.client.pipeline(transaction=False)
-        for queue in self.queues:
-            if idle:
-                pipe.zadd(idle_key(queue), {self.hostname: now})
-            elif self._announced:
-                pipe.zrem(idle_key(queue), self.hostname)
-            pipe.zrangebyscore(idle_key(queue), now - IDLE_TTL_S, "+inf")
-            for step in PRIORITY_STEPS:
-                pipe.llen(f"{queue}{PRIORITY_SEPARATOR}{step}" if step else queue)
-        replies = iter(pipe.execute())
-        peers: set[bytes] = set()
-        backlog = 0
-        for _ in self.queues:
-            if idle or self._announced:
-                next(replies)
-            peers.update(next(replies))
-            backlog += sum(int(next(replies)) for _ in PRIORITY_STEPS)
-        self._announced = idle
-        peers.discard(self.hostname.encode())
-        self.view = ClusterView(idle_peers=len(peers), backlog=backlog)
+        peers, backlog = self._view_script(keys=self._view_keys,
+                                           args=[self.hostname, time.time(), IDLE_TTL_S, int(idle), len(self.queues)])
+        self.view = ClusterView(idle_peers=int(peers), backlog=int(backlog))

@@ -24,6 +24,7 @@ from worker.backoff import Backoff
 from worker.hooks.reconciler import Reconciler
 from worker.hooks.settings import HooksSettings
 from worker.inputs.guard import AllowList
+from worker.peers import without_gossip_and_mingle
 from worker.result_backend import OVERRIDE_BACKENDS
 
 #: Timeout of the hooks worker's Redis calls, in seconds.
@@ -115,3 +116,4 @@ app = Celery("dance-hooks", include=["worker.hooks.tasks"], set_as_current=False
 app.config_from_object(LazyConfig(lambda: hooks_config(HooksSettings.from_env())))
 app.steps["worker"].add(HooksRuntimeStep)
 app.steps["worker"].add(ReconcilerStep)
+without_gossip_and_mingle(app)

@@ -40,6 +40,12 @@ log = logging.getLogger(__name__)
 
 #: Timeout of the collector's Redis calls, in seconds: a scrape must not hang on a dead broker.
 REDIS_TIMEOUT_S = 3.0
+#: Jobs Flower keeps in memory (its ``--max_tasks``; Flower's own default is 100,000). Ten thousand is
+#: 2.5 minutes of a 1,000-GPU fleet's jobs: Flower is for looking at what runs now, the result backend
+#: keeps every job's outcome. Measured by ``make bench`` (harness/bench_flower.py, BENCHMARKS.md).
+FLOWER_MAX_TASKS = 10_000
+#: Workers Flower keeps in memory (its ``--max_workers``): a 1,000-GPU fleet and as many restarted names.
+FLOWER_MAX_WORKERS = 2_000
 
 
 def _worker_families(snapshots: list[dict[str, Any]]) -> Iterator[Metric]:

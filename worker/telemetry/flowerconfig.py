@@ -12,7 +12,12 @@ from __future__ import annotations
 import os
 
 from producer.settings import DEFAULT_BROKER_URL
-from worker.telemetry.flower import protect_metrics, register
+from worker.telemetry.flower import FLOWER_MAX_TASKS, FLOWER_MAX_WORKERS, protect_metrics, register
+
+# Flower options (a --max_tasks/--max_workers on the command line still wins): Flower's memory is bounded
+# by how many jobs and workers it keeps, whatever the fleet's size (harness/bench_flower.py measures it).
+max_tasks = FLOWER_MAX_TASKS
+max_workers = FLOWER_MAX_WORKERS
 
 register(os.environ.get("CELERY_BROKER_URL", DEFAULT_BROKER_URL), os.environ.get("DANCE_SENTINEL_MASTER") or None)
 protect_metrics()

@@ -1,0 +1,89 @@
+"""Workers run without gossip and mingle, and keep what ping, cancel, Flower and `dance cluster` need."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from producer import errors
+from producer.client import DanceClient
+from tests.fixtures.workers import Cluster
+from tests.support.jobs import dance_request
+from tests.support.processes import wait_until
+
+#: How long the test listens for a worker's heartbeat (Celery sends one every 2 s), in seconds.
+HEARTBEAT_WAIT_S = 20.0
+
+
+#: The Redis channel kombu publishes a worker's heartbeat on (fanout prefix "/<db>.", exchange, routing key).
+HEARTBEAT_CHANNEL = "/0.celeryev/worker.heartbeat"
+
+
+def heartbeat_receivers(broker_url: str) -> int:
+    """How many connections a worker heartbeat published now reaches (PUBLISH answers the count)."""
+    return int(redis.Redis.from_url(broker_url).publish(HEARTBEAT_CHANNEL, b"probe"))
+
+
+def heartbeat_from(client: DanceClient, node_prefix: str) -> dict[str, Any]:
+    """The first ``worker-heartbeat`` event of a node whose name starts with ``node_prefix``, received the
+    way Flower receives events (an event receiver on the broker)."""
+    seen: list[dict[str, Any]] = []
+
+    def of_node() -> list[dict[str, Any]]:
+        return [event for event in seen if str(event.get("hostname", "")).startswith(node_prefix)]
+
+    with client.app.connection_for_read() as conn:
+        receiver = client.app.events.Receiver(conn, handlers={"worker-heartbeat": seen.append})
+        listener = threading.Thread(target=receiver.capture, kwargs={"wakeup": True}, daemon=True)
+        listener.start()
+        try:
+            wait_until(of_node, HEARTBEAT_WAIT_S, "a worker-heartbeat event")
+        finally:
+            receiver.should_stop = True
+            listener.join(HEARTBEAT_WAIT_S)
+    return of_node()[0]
+
+
+def test_two_workers_neither_gossip_nor_mingle_yet_answer_ping_and_send_heartbeats(
+    cluster: Cluster, comfysim: Any
+) -> None:
+    # Given two ready workers on one broker
+    sim = comfysim(exec_s=0.1)
+    first = cluster.start_worker("a", sim.url)
+    first.wait_for_log(" ready.")
+    second = cluster.start_worker("b", sim.url)
+    second.wait_for_log(" ready.")
+    # Then neither asked its peers for their state at start, nor listens to the other's events: a
+    # heartbeat reaches nobody (Flower, when it runs, is its one listener)
+    assert "mingle" not in first.log() + second.log()
+    assert heartbeat_receivers(cluster.broker_url) == 0
+    with cluster.client() as client:
+        # and both still answer ping, the remote control `dance cluster` and Flower use
+        replies = client.app.control.ping(timeout=5.0)
+        assert sorted(next(iter(reply)).split("@")[0] for reply in replies) == ["a", "b"]
+        # and still send the heartbeats by which Flower tells a worker online
+        assert heartbeat_from(client, "b@")["type"] == "worker-heartbeat"
+
+
+def test_a_running_job_is_still_cancelled_by_the_revoke_broadcast(
+    cluster: Cluster, comfysim: Any, media_server: Any, tmp_path: Path
+) -> None:
+    # Given a worker without gossip or mingle whose job runs (held mid-sampler)
+    sim = comfysim(exec_s=0.2)
+    sim.faults({"hold": True})
+    cluster.start_worker("w", sim.url)
+    with cluster.client() as client:
+        handle = client.submit(dance_request(media_server, tmp_path))
+        wait_until(lambda: sim.state()["running"] is not None, 30, "the prompt to start")
+        # When the job is cancelled
+        handle.cancel()
+        # Then the broadcast reaches the worker: its prompt is interrupted and the job ends REVOKED
+        wait_until(lambda: sim.state()["interrupts"] == 1, 20, "the interrupt")
+        wait_until(lambda: handle.status() == "REVOKED", 20, "the job to end REVOKED")
+        with pytest.raises(errors.DanceError) as raised:
+            handle.result(timeout_s=5)
+        assert raised.value.code == errors.JOB_CANCELLED
