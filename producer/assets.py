@@ -39,7 +39,7 @@ from producer.errors import (
     ASSET_TOO_LARGE,
     error,
 )
-from worker.storage.base import Readable, Storage, iter_chunks
+from worker.storage.base import Readable, Storage, file_digest, iter_chunks
 
 # The references live in asset_refs (a module of their own for size); callers import them from here.
 __all__ = [
@@ -173,13 +173,7 @@ class Spool:
 
 def file_blake3(path: Path) -> tuple[int, str]:
     """Size in bytes and blake3 (hex) of a file, read in chunks."""
-    digest = blake3()
-    size = 0
-    with path.open("rb") as handle:
-        for chunk in iter_chunks(handle):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
+    return file_digest(path, blake3())
 
 
 def parse_hash(value: object) -> str | None:

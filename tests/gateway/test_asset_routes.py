@@ -18,6 +18,7 @@ from comfy_sdk import Comfy
 from gateway.asset_http import UPLOAD_CHUNK_BYTES
 from harness.seaweed import S3Server
 from producer import assets
+from tests.fixtures.asset_storage import PRESIGN_EXPIRES_S
 from tests.gateway.asset_app import HTTP_TIMEOUT_S, ServedAssets, error_of, pattern, served_assets, upload
 from worker.storage import Storage, open_storage
 from worker.storage.base import CHUNK_BYTES
@@ -30,29 +31,7 @@ MULTI_CHUNK_BYTES = 2 * CHUNK_BYTES + 3 * UPLOAD_CHUNK_BYTES + 11
 DISCONNECT_TIMEOUT_S = 30.0
 #: Read cap for stored blobs, in bytes.
 READ_CAP_BYTES = 64 << 20
-#: The presigned URL lifetime of the S3 storage of these tests, in seconds.
-PRESIGN_EXPIRES_S = 600
 
-
-
-@pytest.fixture
-def redis(redis_db: str) -> Iterator[redis_lib.Redis]:
-    client = redis_lib.Redis.from_url(redis_db)
-    yield client
-    client.close()
-
-
-@pytest.fixture(params=["folder", "s3"])
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
-    if request.param == "folder":
-        return open_storage((tmp_path / "store").as_uri())
-    s3_env: S3Server = request.getfixturevalue("s3_env")
-    return open_storage(f"s3://{s3_env.bucket}/gw-{uuid.uuid4().hex[:8]}", presign_expires_s=PRESIGN_EXPIRES_S)
-
-
-@pytest.fixture
-def folder_storage(tmp_path: Path) -> Storage:
-    return open_storage((tmp_path / "store").as_uri())
 
 
 def serve(redis: redis_lib.Redis, storage: Storage, tmp_path: Path) -> Iterator[ServedAssets]:

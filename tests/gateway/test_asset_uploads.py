@@ -36,21 +36,6 @@ DISCONNECT_TIMEOUT_S = 30.0
 
 
 @pytest.fixture
-def redis(redis_db: str) -> Iterator[redis_lib.Redis]:
-    client = redis_lib.Redis.from_url(redis_db)
-    yield client
-    client.close()
-
-
-@pytest.fixture(params=["folder", "s3"])
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
-    if request.param == "folder":
-        return open_storage((tmp_path / "store").as_uri())
-    s3_env: S3Server = request.getfixturevalue("s3_env")
-    return open_storage(f"s3://{s3_env.bucket}/gw-{uuid.uuid4().hex[:8]}")
-
-
-@pytest.fixture
 def gateway(redis: redis_lib.Redis, storage: Storage, tmp_path: Path) -> Iterator[ServedAssets]:
     with served_assets(redis, storage, tmp_path, max_upload_bytes=MAX_UPLOAD_BYTES) as served:
         yield served

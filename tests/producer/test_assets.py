@@ -12,11 +12,10 @@ import pytest
 import redis as redis_lib
 from blake3 import blake3
 
-from harness.seaweed import S3Server
 from producer import assets
 from producer.errors import DanceError
 from tests.fixtures.media_server import GeneratorStream
-from worker.storage import Storage, open_storage
+from worker.storage import Storage
 from worker.storage.base import CHUNK_BYTES
 
 #: Read cap for the stored blobs of these tests, in bytes.
@@ -40,26 +39,6 @@ def body_chunks(total_bytes: int, chunk_bytes: int = 256 << 10) -> Iterator[byte
 
 def body(total_bytes: int) -> bytes:
     return b"".join(body_chunks(total_bytes))
-
-
-@pytest.fixture
-def redis(redis_db: str) -> Iterator[redis_lib.Redis]:
-    client = redis_lib.Redis.from_url(redis_db)
-    yield client
-    client.close()
-
-
-@pytest.fixture(params=["folder", "s3"])
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
-    if request.param == "folder":
-        return open_storage((tmp_path / "store").as_uri())
-    s3_env: S3Server = request.getfixturevalue("s3_env")
-    return open_storage(f"s3://{s3_env.bucket}/assets-{uuid.uuid4().hex[:8]}")
-
-
-@pytest.fixture
-def folder_storage(tmp_path: Path) -> Storage:
-    return open_storage((tmp_path / "store").as_uri())
 
 
 def write(path: Path, data: bytes) -> Path:

@@ -162,9 +162,21 @@ def iter_chunks(readable: Readable, chunk_bytes: int = CHUNK_BYTES) -> Iterator[
         yield data
 
 
+class Hasher(Protocol):
+    """What hashlib's and blake3's hash objects share."""
+
+    def update(self, data: bytes, /) -> object: ...
+
+    def hexdigest(self) -> str: ...
+
+
 def file_sha256(path: Path) -> tuple[int, str]:
     """Size in bytes and sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
+    return file_digest(path, hashlib.sha256())
+
+
+def file_digest(path: Path, digest: Hasher) -> tuple[int, str]:
+    """Size in bytes and hex digest of a file under ``digest``, read in chunks."""
     size = 0
     with path.open("rb") as handle:
         for chunk in iter_chunks(handle):
