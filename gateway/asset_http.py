@@ -23,19 +23,12 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.auth import Principal
 from gateway.context import PRINCIPAL
+from gateway.envelope import error_body, status_and_code
 from producer.assets import AssetRecord, Spool
 from producer.errors import (
-    ASSET_BAD_HASH,
     ASSET_BAD_RANGE,
     ASSET_BAD_UPLOAD,
-    ASSET_BLOB_NOT_FOUND,
-    ASSET_HASH_MISMATCH,
-    ASSET_IDEMPOTENCY_REUSE,
-    ASSET_MISSING,
-    ASSET_NOT_FOUND,
-    ASSET_TOO_LARGE,
     BROKER_UNREACHABLE,
-    STORAGE_UNAVAILABLE,
     DanceError,
     error,
 )
@@ -55,36 +48,16 @@ CONTENT_TYPE_PATTERN = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(
 #: Code points below this (C0 controls) never appear in a file path we keep, nor DELETE.
 FIRST_PRINTABLE, DELETE = 0x20, 0x7F
 
-#: Project code -> (HTTP status, v2 error code). The v2 core codes come from the contract's ErrorEnvelope;
-#: payload_too_large, invalid_request and range_not_satisfiable are the reference proxy's.
-V2_ERRORS: dict[str, tuple[int, str]] = {
-    ASSET_BAD_UPLOAD: (422, "invalid_request"),
-    ASSET_BAD_HASH: (422, "invalid_request"),
-    ASSET_MISSING: (422, "missing_asset"),
-    ASSET_TOO_LARGE: (413, "payload_too_large"),
-    ASSET_HASH_MISMATCH: (409, "hash_mismatch"),
-    ASSET_BLOB_NOT_FOUND: (404, "blob_not_found"),
-    ASSET_NOT_FOUND: (404, "not_found"),
-    ASSET_BAD_RANGE: (416, "range_not_satisfiable"),
-    ASSET_IDEMPOTENCY_REUSE: (422, "idempotency_key_reuse"),
-    STORAGE_UNAVAILABLE: (503, "storage_unavailable"),
-    BROKER_UNREACHABLE: (503, "broker_unavailable"),
-}
-#: Status and v2 code of any other project error: the cluster, not the caller, is at fault.
-FALLBACK_ERROR = (500, "internal_error")
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def envelope(exc: DanceError, headers: Mapping[str, str] | None = None) -> web.Response:
     """The v2 error envelope for a project error; the project code rides along in the details."""
-    status, code = V2_ERRORS.get(exc.code, FALLBACK_ERROR)
+    status, _ = status_and_code(exc)  # the one table every route answers by (gateway/envelope.py)
     extra = dict(headers or {})
     if exc.retryable:
         extra.setdefault(hdrs.RETRY_AFTER, str(RETRY_AFTER_S))
-    details = {"dance_code": exc.code, **exc.details}
-    body = {"error": {"code": code, "message": exc.message, "details": details}}
-    return web.json_response(body, status=status, headers=extra)
+    return web.json_response(error_body(exc), status=status, headers=extra)
 
 
 def guarded(handler: Handler) -> Handler:

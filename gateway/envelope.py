@@ -2,7 +2,8 @@
 
 Every error the gateway answers is a :class:`producer.errors.DanceError`; its project code (``dance_code`` in
 ``details``) maps to the contract's v2 code and HTTP status here, in one table. A code without its own row
-answers by branch: permanent → 422 ``invalid_request``, retryable → 503 ``service_unavailable``.
+answers by branch: permanent → 422 ``invalid_request`` (500 ``internal_error`` for a fault of the cluster's own
+storage, settings or broker), retryable → 503 ``service_unavailable``.
 """
 
 from __future__ import annotations
@@ -39,11 +40,19 @@ V2_CODES: dict[str, tuple[int, str]] = {
     e.ASSET_HASH_MISMATCH: (409, "hash_mismatch"),
     e.ASSET_TOO_LARGE: (413, "payload_too_large"),
     e.ASSET_BAD_RANGE: (416, "range_not_satisfiable"),
+    e.ASSET_BAD_UPLOAD: (422, "invalid_request"),
+    e.ASSET_BAD_HASH: (422, "invalid_request"),
+    e.ASSET_IDEMPOTENCY_REUSE: (422, "idempotency_key_reuse"),
+    e.STORAGE_UNAVAILABLE: (503, "service_unavailable"),
     e.WORKFLOW_INVALID: (422, "invalid_workflow"),
     # The contract's typed error for a graph no worker can run, with the missing nodes/models in details.
     e.CAPABILITY_MISSING: (422, "invalid_workflow"),
     e.JOB_ID_REUSED: (422, "idempotency_key_reuse"),
 }
+
+
+#: Areas of codes that name a fault of the cluster itself, never of the request.
+CLUSTER_FAULT_AREAS = frozenset({"storage", "config", "broker"})
 
 
 def status_and_code(exc: e.DanceError) -> tuple[int, str]:
@@ -52,6 +61,8 @@ def status_and_code(exc: e.DanceError) -> tuple[int, str]:
         return found
     if exc.code.startswith("workflow."):
         return 422, "invalid_workflow"
+    if exc.code.split(".", 1)[0] in CLUSTER_FAULT_AREAS and not exc.retryable:
+        return 500, "internal_error"  # the cluster is misconfigured (a missing bucket): not the caller's fault
     return (503, "service_unavailable") if exc.retryable else (422, "invalid_request")
 
 
