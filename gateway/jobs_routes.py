@@ -24,6 +24,7 @@ from producer.errors import (
     GATEWAY_INVALID_BODY,
     GATEWAY_UNSUPPORTED,
     GATEWAY_WORKFLOW_UI,
+    WORKFLOW_INVALID,
     error,
 )
 from producer.graph import check_graph
@@ -61,7 +62,22 @@ def check_workflow(body: dict[str, Any]) -> dict[str, Any]:
     # The UI export first: the contract has its own code for it (workflow_format_ui).
     if isinstance(workflow, dict) and isinstance(workflow.get("nodes"), list) and "links" in workflow:
         raise error(GATEWAY_WORKFLOW_UI, "this is a UI export; export the workflow in API format")
-    return check_graph(workflow)
+    return check_links(check_graph(workflow))
+
+
+def check_links(graph: dict[str, Any]) -> dict[str, Any]:
+    """The graph, if every link (``[node_id, output_index]``) names a node of it; else ``workflow.invalid``.
+
+    ComfyUI would refuse a dangling link only when a worker posts the prompt: refused here, the job is never
+    queued and fails nowhere later.
+    """
+    for node_id, node in graph.items():
+        for name, value in (node.get("inputs") or {}).items():
+            if (isinstance(value, list) and len(value) == 2 and isinstance(value[1], int)
+                    and isinstance(value[0], str) and value[0] not in graph):
+                raise error(WORKFLOW_INVALID, f"input '{name}' of node {node_id} links to node {value[0]}, "
+                            "which the workflow does not have", node_id=str(node_id), input=name, link=value[0])
+    return graph
 
 
 async def submit(request: web.Request) -> web.Response:
