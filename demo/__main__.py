@@ -1,9 +1,11 @@
 """``make demo``: a whole cluster on this machine, one dance job through it, and where to look.
 
 Starts a private Redis, the ComfyUI simulator (or uses a real ComfyUI when COMFYUI_URL is set), one
-readiness-gated worker and Flower; makes sample media; submits a job with the local files (the
-producer puts them into the embedded file storage), shows its progress, and prints the video's path
-and the Flower URL. On a terminal it then keeps the cluster up until Ctrl-C.
+readiness-gated worker, Flower and the HTTP gateway (on loopback, with a generated API key); makes sample
+media; submits a job with the local files (the producer puts them into the embedded file storage), shows
+its progress, and prints the video's path, the Flower URL, the gateway URL and a curl line that reads the
+job through the gateway, which the demo runs itself first. On a terminal it then keeps the cluster up
+until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import os
 import secrets
 import signal
 import sys
+import uuid
 from pathlib import Path
 
+from demo.gateway import DemoGateway, adopt_job, start_gateway
 from demo.samples import make_character_png, make_dance_mp4
 from harness.local import redis_service, simulator_service, wait_for_redis, worker_service
 from harness.processes import ManagedProcess, free_port
@@ -50,7 +54,7 @@ class Services:
             service.stop()
 
 
-def start_cluster(services: Services) -> tuple[dict[str, str], str]:
+def start_cluster(services: Services) -> tuple[dict[str, str], str, DemoGateway]:
     logs = STATE_DIR / "logs"
     redis_port = free_port()
     services.start(redis_service("redis", redis_port, STATE_DIR, logs))
@@ -73,10 +77,11 @@ def start_cluster(services: Services) -> tuple[dict[str, str], str]:
                                              f"--port={flower_port}", "--address=127.0.0.1",
                                              f"--basic-auth=dance:{password}", "--persistent=False"],
                                   logs / "flower.log", env=env))
-    return env, f"http://127.0.0.1:{flower_port}  (user dance, password {password})"
+    gateway = start_gateway(services.start, env, logs)
+    return env, f"http://127.0.0.1:{flower_port}  (user dance, password {password})", gateway
 
 
-def run_job(env: dict[str, str]) -> int:
+def run_job(env: dict[str, str], gateway: DemoGateway) -> int:
     samples = STATE_DIR / "samples"
     image = make_character_png(samples / "character.png")
     video = make_dance_mp4(samples / "dance.mp4", frames=48)
@@ -85,7 +90,9 @@ def run_job(env: dict[str, str]) -> int:
     request = {"reference_image": str(image), "dance_video": str(video), "width": 256, "height": 448,
                "prompt": "a cheerful character dancing on a stage", "steps": 6}
     with DanceClient(settings) as client:
-        handle = client.submit(request)
+        job_id = uuid.uuid4().hex
+        adopt_job(client, job_id)
+        handle = client.submit(request, job_id=job_id)
         print(f"\nsubmitted job {handle.id}; the worker takes it once ComfyUI is ready")
         line = ProgressLine(sys.stdout)
         try:
@@ -100,7 +107,7 @@ def run_job(env: dict[str, str]) -> int:
         print(f"\nresult {item['kind']}: {item['uri'].removeprefix('file://')}  ({item['bytes']} bytes)")
     print(f"manifest: {result['manifest']['uri'].removeprefix('file://')}")
     print(f"timings: {result['timings']}")
-    return 0
+    return gateway.check_job(handle.id, result)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -112,9 +119,10 @@ def main() -> int:
     print(f"starting a local dance cluster in {STATE_DIR}")
     services = Services()
     try:
-        env, flower = start_cluster(services)
-        status = run_job(env)
+        env, flower, gateway = start_cluster(services)
+        status = run_job(env, gateway)
         print(f"Flower: {flower}")
+        print(gateway.describe())
         if sys.stdin.isatty() and os.environ.get("DEMO_KEEP_RUNNING", "1") == "1":
             print("\nthe cluster keeps running; press Ctrl-C to stop it")
             signal.pause()

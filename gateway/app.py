@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
+from gateway.asset_routes import add_asset_routes
 from gateway.auth import KeyRing, check_bind, load_keys
 from gateway.context import CONTEXT, PRINCIPAL, GatewayContext, context_of, subscriber_for
 from gateway.envelope import Handler, make_error_middleware
@@ -66,6 +67,7 @@ def make_app(settings: GatewaySettings, keys: KeyRing | None = None) -> web.Appl
     app.add_routes([web.get("/api/v2/health", health), web.get("/api/v2/openapi.json", openapi)])
     add_jobs_routes(app, job_events)
     add_runpod_routes(app)
+    add_asset_routes(app)
     return app
 
 

@@ -2,8 +2,9 @@
 
 Every scenario starts its own cluster. The serial baseline (the old endpoint's design: download, run,
 upload, then the next job; ``DANCE_PIPELINE_DEPTH=0``) and this cluster run side by side in the same
-invocation, so their ratio is what counts on a shared, noisy machine. Results go to stdout as a table
-and to ``var/bench/results.json``.
+invocation, so their ratio is what counts on a shared, noisy machine; so do the Python producer and the
+HTTP gateway in the gateway scenario (harness/bench_gateway.py). Results go to stdout as a table and to
+``var/bench/results.json``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import bench_coldstart as coldstart
+from harness import bench_gateway
 from harness import bench_scenarios as scenarios
 from harness.local import fresh_dir
 
@@ -33,6 +35,8 @@ TARGETS: list[tuple[str, str, str, float, str]] = [
     ("scaling", "speedup", ">=", 7.6, "8 simulated GPUs over 1, throughput"),
     ("memory", "rss_growth_mb", "<=", 64.0, "peak worker RSS growth while a 1 GB output goes to S3"),
     ("coldstart", "on_first_over_warm", "<=", 1.10, "first job after ready over a warm one, with the warm-up"),
+    ("gateway", "added_p50_ms", "<=", 10.0, "gateway's added submit latency over the Python producer, p50"),
+    ("gateway", "sse_delay_p50_ms", "<=", 250.0, "SSE progress event delay, worker's write to client, p50"),
 ]
 
 
@@ -48,6 +52,8 @@ def plan(root: Path, quick: bool) -> dict[str, Callable[[], dict[str, Any]]]:
         "memory": lambda: scenarios.memory(root / "memory", 1 << 30),
         "coldstart": lambda: coldstart.cold_start(root / "coldstart", load_s=1.0 if quick else coldstart.MODEL_LOAD_S,
                                                   warm_jobs=2 if quick else 3),
+        "gateway": lambda: bench_gateway.gateway_latency(root / "gateway", jobs=10 if quick else 50,
+                                                         sse_jobs=2 if quick else 5),
     }
 
 

@@ -1,10 +1,11 @@
-"""The processes of a local cluster on loopback (Redis, simulators, workers) for the demo, the chaos run
-and the benchmarks, each logging to ``<log_dir>/<name>.log``."""
+"""The processes of a local cluster on loopback (Redis, simulators, workers, the gateway) for the demo, the
+chaos run and the benchmarks, each logging to ``<log_dir>/<name>.log``."""
 
 from __future__ import annotations
 
 import shutil
 import sys
+import urllib.request
 from pathlib import Path
 
 import redis
@@ -53,3 +54,27 @@ def simulator_service(name: str, port: int, data_dir: Path, log_dir: Path, exec_
 def worker_service(name: str, env: dict[str, str], log_dir: Path) -> ManagedProcess:
     argv = [sys.executable, "-m", "producer.cli", "worker", "-n", f"{name}@%h"]
     return ManagedProcess(name, argv, log_dir / f"{name}.log", env={"PYTHONUNBUFFERED": "1", **env})
+
+
+def gateway_service(name: str, port: int, env: dict[str, str], log_dir: Path) -> ManagedProcess:
+    """``dance gateway`` on loopback; ``env`` names the broker, the storage and DANCE_GATEWAY_API_KEYS."""
+    argv = [sys.executable, "-m", "producer.cli", "gateway", "--host", "127.0.0.1", "--port", str(port)]
+    return ManagedProcess(name, argv, log_dir / f"{name}.log", env={"PYTHONUNBUFFERED": "1", **env})
+
+
+def gateway_answers(url: str) -> bool:
+    """Whether the gateway at ``url`` answers 200 on /api/v2/health (its broker is reachable, too)."""
+    try:
+        with urllib.request.urlopen(f"{url}/api/v2/health", timeout=2) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def wait_for_gateway(process: ManagedProcess, url: str, timeout_s: float) -> None:
+    def up() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"the gateway exited with {process.poll()}; see {process.log_path}")
+        return gateway_answers(url)
+
+    wait_until(up, timeout_s, f"the gateway at {url} to answer /api/v2/health")

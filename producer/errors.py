@@ -336,6 +336,9 @@ ASSET_BAD_UPLOAD = _code(
     "asset.bad_upload", InvalidRequest, "the upload is not multipart/form-data with one file part"
 )
 ASSET_BAD_RANGE = _code("asset.bad_range", InvalidRequest, "the Range header names no bytes of the asset")
+ASSET_IDEMPOTENCY_REUSE = _code(
+    "asset.idempotency_key_reuse", InvalidRequest, "an upload's Idempotency-Key was used before for other bytes"
+)
 
 # Workflow jobs
 WORKFLOW_INVALID = _code(

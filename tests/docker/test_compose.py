@@ -13,6 +13,9 @@ import pytest
 import yaml
 from flower.options import options as flower_options
 
+from gateway.auth import check_bind, load_keys
+from gateway.settings import GatewaySettings
+from producer.errors import GATEWAY_BIND_REFUSED, ConfigInvalid
 from producer.settings import DEFAULT_QUEUE, ProducerSettings
 from tests.docker.deployment import (
     COMPOSE,
@@ -95,7 +98,8 @@ def test_redis_requires_a_password_and_every_client_sends_it(main: dict[str, Any
     assert urls and all(url.startswith(f"redis://:{password}@redis:") for url in urls)
 
 
-@pytest.mark.parametrize("variable", ["REDIS_PASSWORD", "FLOWER_BASIC_AUTH", "MINIO_ROOT_PASSWORD"])
+@pytest.mark.parametrize("variable", ["REDIS_PASSWORD", "FLOWER_BASIC_AUTH", "MINIO_ROOT_PASSWORD",
+                                      "DANCE_GATEWAY_API_KEYS"])
 def test_the_cluster_refuses_to_start_without_its_secrets(variable: str) -> None:
     # Given the example environment less one secret
     env = read_env_file(ENV_EXAMPLE)
@@ -126,6 +130,49 @@ def test_services_that_publish_ports_bind_them_to_loopback_by_default(main: dict
                 # Then every published port names 127.0.0.1 as its host address (basic auth is clear text)
                 assert str(port).startswith("127.0.0.1:"), (name, port)
     assert main["services"]["flower"]["ports"]
+
+
+#: What a process needs to reach the broker and the result storage (the workers' connection settings).
+CONNECTION = ("CELERY_BROKER_URL", "DANCE_STORAGE_URL", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+              "AWS_SECRET_ACCESS_KEY", "AWS_REGION")
+
+
+def test_the_gateway_reaches_redis_and_storage_exactly_as_the_workers_do(main: dict[str, Any]) -> None:
+    # Given the gateway's environment and a worker's, both interpolated from the example .env
+    gateway = environment(main["services"]["gateway"])
+    worker = environment(main["services"]["worker-gpu0"])
+    # Then the broker, the storage and its credentials are the same, so its jobs and assets are the workers'
+    assert {name: gateway[name] for name in CONNECTION} == {name: worker[name] for name in CONNECTION}
+    # and it starts only once Redis answers and the bucket exists
+    assert main["services"]["gateway"]["depends_on"] == {
+        "redis": {"condition": "service_healthy"}, "minio-init": {"condition": "service_completed_successfully"}}
+
+
+def test_the_gateway_accepts_its_environment_and_is_health_checked_where_it_listens(main: dict[str, Any]) -> None:
+    # Given the gateway service as the example .env makes it
+    spec = main["services"]["gateway"]
+    settings = GatewaySettings.from_env(environment(spec))
+    # When its keys are loaded and its bind address is checked, as `dance gateway` does at start
+    keys = load_keys(settings.keys_file, settings.api_keys)
+    check_bind(settings.host, keys)
+    # Then it runs the gateway from the cpu image, with keys, on every container address
+    assert spec["command"] == ["dance", "gateway"]
+    assert spec["build"]["target"] == "cpu" and spec["image"] == main["services"]["flower"]["image"]
+    assert keys.enabled and settings.host == "0.0.0.0"
+    # and the published port and the health check both name the port it listens on
+    (port,) = spec["ports"]
+    assert str(port).rsplit(":", 1)[1] == str(settings.port)
+    assert f"http://127.0.0.1:{settings.port}/api/v2/health" in " ".join(spec["healthcheck"]["test"])
+
+
+def test_the_gateway_without_keys_in_env_refuses_to_listen_beyond_loopback(main: dict[str, Any]) -> None:
+    # Given the gateway's environment with DANCE_GATEWAY_API_KEYS left empty (meant for a mounted keys file)
+    env = {**environment(main["services"]["gateway"]), "DANCE_GATEWAY_API_KEYS": ""}
+    settings = GatewaySettings.from_env(env)
+    # When no keys file is mounted either, then it refuses to start rather than serve everyone
+    with pytest.raises(ConfigInvalid, match="loopback only") as refused:
+        check_bind(settings.host, load_keys(settings.keys_file, settings.api_keys))
+    assert refused.value.code == GATEWAY_BIND_REFUSED
 
 
 def test_long_running_services_restart_on_their_own_and_one_shots_do_not(each: dict[str, Any]) -> None:
@@ -225,7 +272,7 @@ def test_the_worker_only_file_refuses_to_start_without_the_remote_broker_and_sto
 # Every variable a compose file sets must be one that something in the container reads -------------------
 def variables_the_code_reads() -> set[str]:
     names: set[str] = set()
-    python = [*(ROOT / "producer").rglob("*.py"), *(ROOT / "worker").rglob("*.py")]
+    python = [*(ROOT / "producer").rglob("*.py"), *(ROOT / "worker").rglob("*.py"), *(ROOT / "gateway").rglob("*.py")]
     patterns = [
         r'(?:env|environ)\.get\(\s*"([A-Z][A-Z0-9_]*)"',
         r'env_(?:float|int|bool)\(\s*\w+,\s*"([A-Z][A-Z0-9_]*)"',

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -131,7 +132,7 @@ def test_the_cpu_image_puts_the_simulator_where_comfyui_would_be() -> None:
     assert env["DANCE_WARMUP"] == "off"
     assert env["COMFYUI_URL"] == env_of_stage("gpu")["COMFYUI_URL"]
     runs = " ".join(item.arguments for item in stage("cpu-build") if item.keyword == "RUN")
-    assert "[worker,simulator,flower]" in runs
+    assert "[worker,simulator,flower,gateway]" in runs
 
 
 def test_base_images_and_service_images_are_pinned_to_versions() -> None:
@@ -151,3 +152,34 @@ def test_the_worker_is_installed_from_this_repository_with_its_constraints() -> 
     assert '-c /src/constraints.txt "/src[worker]"' in runs
     copies = [item.arguments for item in stage("gpu-build") if item.keyword == "COPY"]
     assert "pyproject.toml README.md constraints.tx[t] /src/" in copies
+
+
+def test_the_cpu_image_carries_the_gateway_the_compose_file_runs_from_it() -> None:
+    # Given the compose services whose command is `dance gateway`, and the cpu build stage
+    services = raw_compose(COMPOSE)["services"]
+    gateways = [spec for spec in services.values() if spec.get("command") == ["dance", "gateway"]]
+    copies = [item.arguments for item in stage("cpu-build") if item.keyword == "COPY"]
+    runs = " ".join(item.arguments for item in stage("cpu-build") if item.keyword == "RUN")
+    # Then they run the cpu image, which copies the gateway package and installs the extra it imports
+    assert gateways and all(spec["build"]["target"] == "cpu" for spec in gateways)
+    assert "gateway /src/gateway" in copies
+    extras = re.search(r'"/src\[([a-z,]+)\]"', runs)
+    assert extras is not None and "gateway" in extras.group(1).split(",")
+    assert "gateway" in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+
+def test_every_folder_an_image_copies_passes_the_build_context_filter() -> None:
+    # Given the build context filter, which lets through only what it names after its leading `**`
+    allowed = {line.removeprefix("!").removesuffix("/**")
+               for line in (ROOT / "docker" / "Dockerfile.dockerignore").read_text().splitlines()
+               if line.startswith("!")}
+    # When every COPY from the context (not from another stage) is read
+    for item in dockerfile_instructions():
+        if item.keyword != "COPY" or "--from=" in item.arguments:
+            continue
+        sources = [word for word in item.arguments.split() if not word.startswith("--")][:-1]
+        for source in sources:
+            # Then its top-level folder or file is let through, or the build would fail (or ship without it);
+            # a one-character class like constraints.tx[t] is the file it matches
+            top = re.sub(r"\[(.)\]", r"\1", source).split("/", 1)[0]
+            assert top in allowed, (item, source)
