@@ -22,6 +22,7 @@ from gateway.limits import read_json_object
 from gateway.settings import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
 from producer.errors import (
     GATEWAY_INVALID_BODY,
+    GATEWAY_NOT_FOUND,
     GATEWAY_UNSUPPORTED,
     GATEWAY_WORKFLOW_UI,
     WORKFLOW_INVALID,
@@ -90,7 +91,7 @@ async def submit(request: web.Request) -> web.Response:
     job_id = job_id_for(principal.name, request.headers.get("Idempotency-Key"))
     # submit_workflow checks the asset references and the queue's capabilities before anything is queued.
     record = await ctx.submit_claimed(principal, job_id, queue, KIND_WORKFLOW, lambda: ctx.client.submit_workflow(
-        workflow, job_id=job_id, queue=queue, owner=principal.name, deadline_s=deadline_s))
+        workflow, job_id=job_id, queue=queue, owner=principal.name, deadline_s=deadline_s), workflow=workflow)
     snapshot = await ctx.call(lambda: read_snapshot(ctx.client, record.id))
     return web.json_response(v2_job(record, snapshot, base_url(request)), status=201)
 
@@ -100,6 +101,21 @@ async def get_job(request: web.Request) -> web.Response:
     record = await ctx.owned_job(principal_of(request), request.match_info["id"])
     snapshot = await ctx.call(lambda: read_snapshot(ctx.client, record.id))
     return web.json_response(v2_job(record, snapshot, base_url(request)))
+
+
+async def get_job_workflow(request: web.Request) -> web.Response:
+    """The graph a workflow job was submitted with, as the contract's JobWorkflowResponse (format ``api``).
+
+    A dance job keeps none (the worker builds its graph from the bundled template): 404, as the contract
+    answers a job whose workflow cannot be recovered.
+    """
+    ctx = context_of(request)
+    record = await ctx.owned_job(principal_of(request), request.match_info["id"])
+    workflow = await ctx.call(lambda: ctx.client._guard(lambda: ctx.index.workflow(record.id)))
+    if workflow is None:
+        raise error(GATEWAY_NOT_FOUND, f"job {record.id} is a {record.kind} job: it has no submitted workflow "
+                    "to recover", job_id=record.id, kind=record.kind)
+    return web.json_response({"workflow": workflow, "format": "api"})
 
 
 async def cancel_job(request: web.Request) -> web.Response:
@@ -174,6 +190,7 @@ def add_jobs_routes(app: web.Application, events_handler: Any) -> None:
         web.post("/api/v2/jobs", submit),
         web.get("/api/v2/jobs", list_jobs),
         web.get("/api/v2/jobs/{id}", get_job),
+        web.get("/api/v2/jobs/{id}/workflow", get_job_workflow),
         web.post("/api/v2/jobs/{id}/cancel", cancel_job),
         web.get("/api/v2/jobs/{id}/events", events_handler),
     ])

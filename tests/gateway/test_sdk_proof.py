@@ -115,6 +115,11 @@ def test_the_sdk_runs_a_workflow_file_on_an_uploaded_image_follows_its_events_an
     blob = sdk_cluster.s3.client().get_object(Bucket=sdk_cluster.s3.bucket,
                                               Key=f"{sdk_cluster.prefix}/assets/blake3/{digest}")
     assert blob["Body"].read() == path.read_bytes() and announced.id == output.id
+    # and the job gives back the graph it ran: the file's, its image input the asset's reference
+    ran = done.get_workflow()
+    assert ran.format == "api" and ran.graph["1"]["inputs"]["image"]["info"]["id"] == image.id
+    assert {node: spec["class_type"] for node, spec in ran.graph.items()} == {
+        "1": "LoadImage", "2": "ImageInvert", "3": "SaveImage"}
     # and the same picture uploaded again is the same blob, found by its hash, not stored anew
     again = client.assets.from_file(tmp_path / "dancer.png")
     again.commit()
