@@ -22,6 +22,7 @@ from gateway.limits import read_json_object
 from gateway.settings import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
 from producer.errors import (
     GATEWAY_INVALID_BODY,
+    GATEWAY_METADATA_UNSUPPORTED,
     GATEWAY_NOT_FOUND,
     GATEWAY_UNSUPPORTED,
     GATEWAY_WORKFLOW_UI,
@@ -54,6 +55,11 @@ def job_id_for(owner: str, idempotency_key: str | None) -> str:
 
 def check_workflow(body: dict[str, Any]) -> dict[str, Any]:
     """The API-format graph of a submit body, or the contract's typed error."""
+    if body.get("metadata") is not None:
+        # Labels have their own code in the SDK's contract (metadata_not_supported), so a caller can drop
+        # them and resubmit instead of reading a generic refusal.
+        raise error(GATEWAY_METADATA_UNSUPPORTED, "this cluster keeps no job labels: submit without 'metadata'",
+                    fields=["metadata"])
     unsupported = [name for name in UNSUPPORTED_FIELDS if body.get(name) is not None]
     unknown = sorted(set(body) - KNOWN_FIELDS - set(UNSUPPORTED_FIELDS))
     if unsupported or unknown:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import redis
 from blake3 import blake3
-from comfy_sdk import Comfy, InvalidWorkflow
+from comfy_sdk import Comfy, ComfyError, InvalidWorkflow
 from comfy_sdk.events import OutputReady, Progress, StatusChange
 from PIL import Image
 
@@ -148,20 +148,29 @@ def test_the_sdk_cancels_a_running_job_whose_prompt_is_interrupted_and_which_end
     assert job.outputs == [] and client.jobs.get(job.id).status == "canceled"
 
 
-def test_the_sdk_raises_invalid_workflow_naming_the_node_class_no_worker_has(
+def test_the_sdk_gets_its_typed_errors_invalid_workflow_naming_a_node_class_no_worker_has_and_no_labels(
     sdk_cluster: SdkCluster, cluster: Cluster, tmp_path: Path
 ) -> None:
     # Given the workflow file with its invert node changed to a class no worker of the queue has
     client = sdk_cluster.client
     picture(tmp_path / "dancer.png")
+    image = client.assets.from_file(tmp_path / "dancer.png")
     workflow = client.workflows.from_file(WORKFLOW_FILE)
     workflow.json["2"]["class_type"] = "NoSuchNodeAnywhere"
-    workflow.set_input("1", "image", client.assets.from_file(tmp_path / "dancer.png"))
+    workflow.set_input("1", "image", image)
     # When the SDK submits it
     with pytest.raises(InvalidWorkflow) as refused:
         client.submit(workflow)
-    # Then it raises the typed InvalidWorkflow, 422, naming the missing class; nothing was queued
+    # Then it raises the typed InvalidWorkflow, 422, naming the missing class
     assert refused.value.http_status == 422 and refused.value.code == "invalid_workflow"
     assert "NoSuchNodeAnywhere" in refused.value.message
     assert refused.value.details is not None and "NoSuchNodeAnywhere" in refused.value.details["nodes"]
+    # When the runnable file is submitted with job labels, which this cluster does not keep
+    runnable = client.workflows.from_file(WORKFLOW_FILE)
+    runnable.set_input("1", "image", image)
+    with pytest.raises(ComfyError) as labelled:
+        client.submit(runnable, metadata={"client": "acme"})
+    # Then the SDK reads the code it documents for a surface without labels
+    assert (labelled.value.http_status, labelled.value.code) == (422, "metadata_not_supported")
+    # and neither submit queued anything or reached a GPU
     assert queued_messages(cluster.broker_url) == 0 and sdk_cluster.sim.state()["prompts_received"] == 0
