@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -40,7 +40,7 @@ class GatewayContext:
         return await asyncio.to_thread(blocking)
 
     async def submit_claimed(self, principal: Principal, job_id: str, queue: str, kind: str,
-                             submit: Callable[[], object]) -> JobRecord:
+                             submit: Callable[[], object], workflow: dict[str, Any] | None = None) -> JobRecord:
         """Check the queue's depth, claim ``job_id`` in the index, then ``submit``; undo the claim on any error.
 
         The claim is the Idempotency-Key's single use (None: used before, 422). A submit the producer
@@ -50,7 +50,7 @@ class GatewayContext:
 
         def go() -> JobRecord | None:
             check_queue_depth(self.client.redis, queue, settings.max_queue_depth, settings.retry_after_s)
-            record = self.index.claim(job_id, principal.name, queue, kind)
+            record = self.index.claim(job_id, principal.name, queue, kind, workflow)
             if record is None:
                 return None
             try:

@@ -48,6 +48,8 @@ V2_CODES: dict[str, tuple[int, str]] = {
     # The contract's typed error for a graph no worker can run, with the missing nodes/models in details.
     e.CAPABILITY_MISSING: (422, "invalid_workflow"),
     e.JOB_ID_REUSED: (422, "idempotency_key_reuse"),
+    # The code the SDK documents for a surface that keeps no labels (comfy_sdk Comfy.submit).
+    e.GATEWAY_METADATA_UNSUPPORTED: (422, "metadata_not_supported"),
 }
 
 

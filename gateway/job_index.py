@@ -1,9 +1,11 @@
 """Which jobs the gateway submitted, for whom: the list route and the owner check of every job route.
 
 One JSON record per job (``dance:gw:job:<id>``, written with SET NX, so it is also the Idempotency-Key's
-claim) and one sorted set of job ids per owner (``dance:gw:owner:<name>:jobs``, scored by creation time).
-Both live as long as the job's own bookkeeping (``keys.JOB_KEY_TTL_S``). A job the index does not hold,
-or holds for another owner, is "not found" to the caller: ids of other keys' jobs leak nothing.
+claim), one sorted set of job ids per owner (``dance:gw:owner:<name>:jobs``, scored by creation time), and
+for a workflow job the graph as submitted (``dance:gw:workflow:<id>``, for GET /api/v2/jobs/{id}/workflow;
+kept apart from the record so a list page never reads graphs). All live as long as the job's own
+bookkeeping (``keys.JOB_KEY_TTL_S``). A job the index does not hold, or holds for another owner, is
+"not found" to the caller: ids of other keys' jobs leak nothing.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass
-from typing import cast
+from typing import Any, cast
 
 import redis
 
@@ -23,6 +25,10 @@ KIND_DANCE, KIND_WORKFLOW = "dance", "workflow"
 
 def record_key(job_id: str) -> str:
     return f"{keys.PREFIX}:gw:job:{job_id}"
+
+
+def workflow_key(job_id: str) -> str:
+    return f"{keys.PREFIX}:gw:workflow:{job_id}"
 
 
 def owner_key(owner: str) -> str:
@@ -60,12 +66,16 @@ class JobIndex:
         self.redis = client
         self.ttl_s = ttl_s
 
-    def claim(self, job_id: str, owner: str, queue: str, kind: str) -> JobRecord | None:
-        """Record a job about to be submitted; None when its id is already recorded (reused key)."""
+    def claim(self, job_id: str, owner: str, queue: str, kind: str,
+              workflow: dict[str, Any] | None = None) -> JobRecord | None:
+        """Record a job about to be submitted (and its graph, if given); None when its id is already recorded
+        (reused key)."""
         record = JobRecord(job_id, owner, queue, kind, time.time())
         if not self.redis.set(record_key(job_id), record.to_json(), nx=True, ex=self.ttl_s):
             return None
         with self.redis.pipeline() as pipe:
+            if workflow is not None:
+                pipe.set(workflow_key(job_id), json.dumps(workflow, separators=(",", ":")), ex=self.ttl_s)
             pipe.zadd(owner_key(owner), {job_id: record.created_at})
             pipe.zremrangebyscore(owner_key(owner), "-inf", record.created_at - self.ttl_s)
             pipe.expire(owner_key(owner), self.ttl_s)
@@ -75,13 +85,18 @@ class JobIndex:
     def release(self, record: JobRecord) -> None:
         """Forget a job whose submit was refused: a rejected request leaves nothing behind."""
         with self.redis.pipeline() as pipe:
-            pipe.delete(record_key(record.id))
+            pipe.delete(record_key(record.id), workflow_key(record.id))
             pipe.zrem(owner_key(record.owner), record.id)
             pipe.execute()
 
     def load(self, job_id: str) -> JobRecord | None:
         raw = self.redis.get(record_key(job_id))
         return JobRecord.from_json(raw) if raw is not None else None
+
+    def workflow(self, job_id: str) -> dict[str, Any] | None:
+        """The graph a workflow job was submitted with; None for a dance job (its graph is the worker's)."""
+        raw = self.redis.get(workflow_key(job_id))
+        return cast(dict[str, Any], json.loads(raw)) if raw is not None else None
 
     def page(self, owner: str, count: int, before: float | None = None) -> Page:
         """Up to ``count`` of the owner's jobs, newest first, created before ``before``."""

@@ -22,8 +22,11 @@ from gateway.limits import read_json_object
 from gateway.settings import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
 from producer.errors import (
     GATEWAY_INVALID_BODY,
+    GATEWAY_METADATA_UNSUPPORTED,
+    GATEWAY_NOT_FOUND,
     GATEWAY_UNSUPPORTED,
     GATEWAY_WORKFLOW_UI,
+    WORKFLOW_INVALID,
     error,
 )
 from producer.graph import check_graph
@@ -52,6 +55,11 @@ def job_id_for(owner: str, idempotency_key: str | None) -> str:
 
 def check_workflow(body: dict[str, Any]) -> dict[str, Any]:
     """The API-format graph of a submit body, or the contract's typed error."""
+    if body.get("metadata") is not None:
+        # Labels have their own code in the SDK's contract (metadata_not_supported), so a caller can drop
+        # them and resubmit instead of reading a generic refusal.
+        raise error(GATEWAY_METADATA_UNSUPPORTED, "this cluster keeps no job labels: submit without 'metadata'",
+                    fields=["metadata"])
     unsupported = [name for name in UNSUPPORTED_FIELDS if body.get(name) is not None]
     unknown = sorted(set(body) - KNOWN_FIELDS - set(UNSUPPORTED_FIELDS))
     if unsupported or unknown:
@@ -61,7 +69,22 @@ def check_workflow(body: dict[str, Any]) -> dict[str, Any]:
     # The UI export first: the contract has its own code for it (workflow_format_ui).
     if isinstance(workflow, dict) and isinstance(workflow.get("nodes"), list) and "links" in workflow:
         raise error(GATEWAY_WORKFLOW_UI, "this is a UI export; export the workflow in API format")
-    return check_graph(workflow)
+    return check_links(check_graph(workflow))
+
+
+def check_links(graph: dict[str, Any]) -> dict[str, Any]:
+    """The graph, if every link (``[node_id, output_index]``) names a node of it; else ``workflow.invalid``.
+
+    ComfyUI would refuse a dangling link only when a worker posts the prompt: refused here, the job is never
+    queued and fails nowhere later.
+    """
+    for node_id, node in graph.items():
+        for name, value in (node.get("inputs") or {}).items():
+            if (isinstance(value, list) and len(value) == 2 and isinstance(value[1], int)
+                    and isinstance(value[0], str) and value[0] not in graph):
+                raise error(WORKFLOW_INVALID, f"input '{name}' of node {node_id} links to node {value[0]}, "
+                            "which the workflow does not have", node_id=str(node_id), input=name, link=value[0])
+    return graph
 
 
 async def submit(request: web.Request) -> web.Response:
@@ -74,7 +97,7 @@ async def submit(request: web.Request) -> web.Response:
     job_id = job_id_for(principal.name, request.headers.get("Idempotency-Key"))
     # submit_workflow checks the asset references and the queue's capabilities before anything is queued.
     record = await ctx.submit_claimed(principal, job_id, queue, KIND_WORKFLOW, lambda: ctx.client.submit_workflow(
-        workflow, job_id=job_id, queue=queue, owner=principal.name, deadline_s=deadline_s))
+        workflow, job_id=job_id, queue=queue, owner=principal.name, deadline_s=deadline_s), workflow=workflow)
     snapshot = await ctx.call(lambda: read_snapshot(ctx.client, record.id))
     return web.json_response(v2_job(record, snapshot, base_url(request)), status=201)
 
@@ -84,6 +107,21 @@ async def get_job(request: web.Request) -> web.Response:
     record = await ctx.owned_job(principal_of(request), request.match_info["id"])
     snapshot = await ctx.call(lambda: read_snapshot(ctx.client, record.id))
     return web.json_response(v2_job(record, snapshot, base_url(request)))
+
+
+async def get_job_workflow(request: web.Request) -> web.Response:
+    """The graph a workflow job was submitted with, as the contract's JobWorkflowResponse (format ``api``).
+
+    A dance job keeps none (the worker builds its graph from the bundled template): 404, as the contract
+    answers a job whose workflow cannot be recovered.
+    """
+    ctx = context_of(request)
+    record = await ctx.owned_job(principal_of(request), request.match_info["id"])
+    workflow = await ctx.call(lambda: ctx.client._guard(lambda: ctx.index.workflow(record.id)))
+    if workflow is None:
+        raise error(GATEWAY_NOT_FOUND, f"job {record.id} is a {record.kind} job: it has no submitted workflow "
+                    "to recover", job_id=record.id, kind=record.kind)
+    return web.json_response({"workflow": workflow, "format": "api"})
 
 
 async def cancel_job(request: web.Request) -> web.Response:
@@ -158,6 +196,7 @@ def add_jobs_routes(app: web.Application, events_handler: Any) -> None:
         web.post("/api/v2/jobs", submit),
         web.get("/api/v2/jobs", list_jobs),
         web.get("/api/v2/jobs/{id}", get_job),
+        web.get("/api/v2/jobs/{id}/workflow", get_job_workflow),
         web.post("/api/v2/jobs/{id}/cancel", cancel_job),
         web.get("/api/v2/jobs/{id}/events", events_handler),
     ])

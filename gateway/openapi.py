@@ -55,6 +55,8 @@ def _paths() -> dict[str, Any]:
         },
         "/api/v2/jobs/{id}": {"get": _op("One job (the pollable source of truth)", "200", "Job", errors=(404,),
                                          params=(job_id,))},
+        "/api/v2/jobs/{id}/workflow": {"get": _op("The workflow a job was submitted with (format api)", "200",
+                                                  "JobWorkflow", errors=(404,), params=(job_id,))},
         "/api/v2/jobs/{id}/cancel": {"post": _op("Cancel a job (idempotent)", "200", "Job", errors=(404,),
                                                  params=(job_id,))},
         "/api/v2/jobs/{id}/events": {"get": {**_op("Server-Sent Events: status, progress, output, error", "200",
@@ -97,6 +99,8 @@ def _schemas() -> dict[str, Any]:
             "completed_at": text, "expires_at": text, "queue_position": {"type": "integer"}, "progress": obj,
             "outputs": {"type": "array", "items": obj}, "error": obj, "metrics": obj, "urls": obj,
             "kind": {"enum": ["dance", "workflow"]}, "queue": text}},
+        "JobWorkflow": {"type": "object", "required": ["workflow", "format"], "properties": {
+            "workflow": obj, "format": {"enum": ["api"]}}},
         "JobList": {"type": "object", "properties": {"jobs": {"type": "array", "items": {
             "$ref": "#/components/schemas/Job"}}, "next_cursor": text}},
         "Asset": {"type": "object", "properties": {"id": text, "hash": text, "size_bytes": {"type": "integer"},

@@ -352,6 +352,12 @@ CAPABILITY_MISSING = _code(
     "no live worker of the queue offers every node class and model file the workflow needs",
 )
 
+# Gateway (the SDK's contract)
+GATEWAY_METADATA_UNSUPPORTED = _code(
+    "gateway.metadata_unsupported", GatewayRejected,
+    "the submit sets job labels (metadata), which this cluster does not keep (HTTP 422 metadata_not_supported)",
+)
+
 
 def error(code: str, message: str, **details: Any) -> DanceError:
     """Build the error of the branch that ``code`` is registered under."""
