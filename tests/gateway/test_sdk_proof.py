@@ -115,6 +115,8 @@ def test_the_sdk_runs_a_workflow_file_on_an_uploaded_image_follows_its_events_an
     blob = sdk_cluster.s3.client().get_object(Bucket=sdk_cluster.s3.bucket,
                                               Key=f"{sdk_cluster.prefix}/assets/blake3/{digest}")
     assert blob["Body"].read() == path.read_bytes() and announced.id == output.id
+    # and its download URL is S3's presigned one, the gateway's content route redirecting there
+    assert "X-Amz-Signature=" in output.get_download_url().url
     # and the job gives back the graph it ran: the file's, its image input the asset's reference
     ran = done.get_workflow()
     assert ran.format == "api" and ran.graph["1"]["inputs"]["image"]["info"]["id"] == image.id
