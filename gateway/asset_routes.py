@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ from gateway.asset_http import (
 )
 from gateway.asset_replay import remember, replayed, upload_key
 from gateway.context import CONTEXT
+from gateway.settings import DEFAULT_MAX_ASSET_BYTES, GatewaySettings
 from producer import assets
 from producer.assets import DEFAULT_CONTENT_TYPE, AssetRecord, Spool
 from producer.errors import (
@@ -50,17 +50,12 @@ from producer.errors import (
     ASSET_BLOB_NOT_FOUND,
     ASSET_NOT_FOUND,
     ASSET_TOO_LARGE,
-    CONFIG_INVALID,
     error,
 )
 from producer.redisurl import redis_client
-from producer.settings import ProducerSettings, env_int
-from worker.settings import DEFAULT_PRESIGN_EXPIRES_S
 from worker.storage import Storage, open_storage
 from worker.storage.local import path_from_file_uri
 
-#: The largest asset an upload may carry, in bytes (2 GiB), unless the app's services say otherwise.
-DEFAULT_MAX_ASSET_BYTES = 2 << 30
 #: The largest JSON body of a mint-from-hash request, in bytes.
 FROM_HASH_MAX_BYTES = 16 << 10
 #: Fields of a mint-from-hash body this gateway reads (comfy_low.transport.asset_from_hash sends these).
@@ -83,31 +78,23 @@ class AssetServices:
     spool_dir: Path | None = None
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, *, producer: ProducerSettings | None = None,
-        redis: redis_lib.Redis | None = None,
-    ) -> AssetServices:
-        """The broker's Redis and the cluster's storage, named by the same variables the workers read.
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> AssetServices:
+        """Services named by the same variables the gateway and the workers read."""
+        return cls.from_settings(GatewaySettings.from_env(environ))
 
-        ``producer`` and ``redis``, when given, are the app's own (its settings and its producer client's
-        Redis), so that the asset routes use exactly what the job routes use.
-        """
-        env = os.environ if environ is None else environ
-        chosen = producer if producer is not None else ProducerSettings.from_env(env)
-        max_upload_bytes = env_int(env, "DANCE_GATEWAY_MAX_ASSET_BYTES", DEFAULT_MAX_ASSET_BYTES)
-        if max_upload_bytes < 1:
-            raise error(CONFIG_INVALID, "DANCE_GATEWAY_MAX_ASSET_BYTES must be at least 1",
-                        variable="DANCE_GATEWAY_MAX_ASSET_BYTES")
-        presign_expires_s = env_int(env, "DANCE_PRESIGN_EXPIRES_S", DEFAULT_PRESIGN_EXPIRES_S)
-        spool_dir = env.get("DANCE_GATEWAY_SPOOL_DIR") or None
+    @classmethod
+    def from_settings(cls, settings: GatewaySettings, redis: redis_lib.Redis | None = None) -> AssetServices:
+        """The broker's Redis and the cluster's storage. ``redis``, when given, is the app's own (its producer
+        client's), so that the asset routes use exactly what the job routes use."""
+        producer = settings.producer
         client = redis if redis is not None else redis_client(
-            chosen.broker_url, chosen.sentinel_master, socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+            producer.broker_url, producer.sentinel_master, socket_timeout=REDIS_SOCKET_TIMEOUT_S,
         )
         return cls(
             redis=client,
-            storage=open_storage(chosen.storage_url, presign_expires_s=presign_expires_s),
-            max_upload_bytes=max_upload_bytes,
-            spool_dir=Path(spool_dir) if spool_dir else None,
+            storage=open_storage(producer.storage_url, presign_expires_s=settings.presign_expires_s),
+            max_upload_bytes=settings.max_asset_bytes,
+            spool_dir=settings.spool_dir,
         )
 
 
@@ -120,7 +107,7 @@ async def _services_from_env(app: web.Application) -> AsyncIterator[None]:
     if ctx is None:
         services = AssetServices.from_env()
     else:
-        services = AssetServices.from_env(producer=ctx.settings.producer, redis=ctx.client.redis)
+        services = AssetServices.from_settings(ctx.settings, redis=ctx.client.redis)
     app[ASSET_SERVICES] = services
     yield
     if ctx is None:

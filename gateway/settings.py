@@ -9,6 +9,7 @@ from pathlib import Path
 
 from producer.errors import CONFIG_INVALID, error
 from producer.settings import ProducerSettings, env_float, env_int
+from worker.settings import DEFAULT_PRESIGN_EXPIRES_S
 
 #: Address the gateway listens on unless DANCE_GATEWAY_HOST says otherwise (loopback: safe without keys).
 DEFAULT_HOST = "127.0.0.1"
@@ -32,6 +33,8 @@ DEFAULT_THREADS = 32
 DEFAULT_LIST_LIMIT = 20
 #: Most jobs one GET /api/v2/jobs page may hold.
 MAX_LIST_LIMIT = 100
+#: Largest asset one upload may carry, in bytes (2 GiB); uploads stream, so this bounds storage, not memory.
+DEFAULT_MAX_ASSET_BYTES = 2 << 30
 
 
 @dataclass(frozen=True)
@@ -53,11 +56,18 @@ class GatewaySettings:
     #: RunPod endpoint id → queue, ``endpoint=queue`` separated by ','; an endpoint not named uses the
     #: key's default queue.
     endpoint_queues: tuple[tuple[str, str], ...] = ()
+    #: The largest asset an upload may carry, in bytes (DANCE_GATEWAY_MAX_ASSET_BYTES).
+    max_asset_bytes: int = DEFAULT_MAX_ASSET_BYTES
+    #: Folder uploads are spooled to while hashed (DANCE_GATEWAY_SPOOL_DIR); None: the system's temporary one.
+    spool_dir: Path | None = None
+    #: Lifetime of the presigned URLs of S3 assets, in seconds (DANCE_PRESIGN_EXPIRES_S, as the workers read it).
+    presign_expires_s: int = DEFAULT_PRESIGN_EXPIRES_S
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewaySettings:
         env = os.environ if environ is None else environ
         keys_file = env.get("DANCE_GATEWAY_KEYS_FILE") or None
+        spool_dir = env.get("DANCE_GATEWAY_SPOOL_DIR") or None
         settings = cls(
             producer=ProducerSettings.from_env(env),
             host=env.get("DANCE_GATEWAY_HOST", DEFAULT_HOST),
@@ -72,6 +82,9 @@ class GatewaySettings:
             sse_poll_interval_s=env_float(env, "DANCE_GATEWAY_SSE_POLL_INTERVAL_S", DEFAULT_SSE_POLL_INTERVAL_S),
             threads=env_int(env, "DANCE_GATEWAY_THREADS", DEFAULT_THREADS),
             endpoint_queues=parse_endpoint_queues(env.get("DANCE_GATEWAY_ENDPOINT_QUEUES", "")),
+            max_asset_bytes=env_int(env, "DANCE_GATEWAY_MAX_ASSET_BYTES", DEFAULT_MAX_ASSET_BYTES),
+            spool_dir=Path(spool_dir) if spool_dir else None,
+            presign_expires_s=env_int(env, "DANCE_PRESIGN_EXPIRES_S", DEFAULT_PRESIGN_EXPIRES_S),
         )
         settings.check()
         return settings
@@ -79,7 +92,8 @@ class GatewaySettings:
     def check(self) -> None:
         for name, value in (("DANCE_GATEWAY_PORT", self.port), ("DANCE_GATEWAY_MAX_BODY_BYTES", self.max_body_bytes),
                             ("DANCE_GATEWAY_RETRY_AFTER_S", self.retry_after_s),
-                            ("DANCE_GATEWAY_THREADS", self.threads)):
+                            ("DANCE_GATEWAY_THREADS", self.threads),
+                            ("DANCE_GATEWAY_MAX_ASSET_BYTES", self.max_asset_bytes)):
             if value < 1:
                 raise error(CONFIG_INVALID, f"{name} must be at least 1, not {value}", variable=name)
         if self.max_queue_depth < 0:
