@@ -76,14 +76,16 @@ def iso(epoch_s: float) -> str:
 def v2_progress(snapshot: Snapshot) -> dict[str, Any] | None:
     """The contract's Progress from the worker's PROGRESS meta (stage, node, value, max, percent).
 
-    The worker publishes the current node's step fraction, not a node count, so ``value`` is that fraction
-    and the node counts are those the meta carries (0 when it names none).
+    ``value`` is weighted by nodes, as the contract has it: the nodes done plus the current node's step
+    fraction, over the graph's nodes. A meta without node counts (a stage change) gives the step fraction.
     """
     meta = snapshot.info
     if snapshot.state != "PROGRESS" or not isinstance(meta, dict):
         return None
-    return {"value": min(1.0, max(0.0, float(meta.get("percent") or 0.0) / 100.0)),
-            "nodes_done": int(meta.get("nodes_done") or 0), "nodes_total": int(meta.get("nodes_total") or 0),
+    step_fraction = min(1.0, max(0.0, float(meta.get("percent") or 0.0) / 100.0))
+    done, total = int(meta.get("nodes_done") or 0), int(meta.get("nodes_total") or 0)
+    value = min(1.0, (done + step_fraction) / total) if total > 0 else step_fraction
+    return {"value": value, "nodes_done": done, "nodes_total": total,
             "current_node": meta.get("node"), "current_node_class": meta.get("class_type"),
             "step": meta.get("value"), "steps": meta.get("max"), "message": describe_progress(meta) or None}
 

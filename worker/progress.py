@@ -37,6 +37,8 @@ class ProgressReporter:
         self.stage = "starting"
         #: node id → class_type of the prompt being run, so progress names the node's kind.
         self.node_classes: dict[str, str] = {}
+        #: Nodes ComfyUI started executing, in order; all but the last are done (cached nodes never start).
+        self._started_nodes: dict[str, None] = {}
         self._last_sent = 0.0
         #: The newest update the throttle held back; flush() sends it once the interval has passed.
         self._pending: dict[str, Any] | None = None
@@ -56,7 +58,12 @@ class ProgressReporter:
         """A progress or executing update from ComfyUI (see worker.prompt_run.Tracker)."""
         # Throttled like everything but stage changes: the dance graph has some thirty nodes, most of them
         # done in milliseconds, and a publish per node would cost more than the nodes themselves.
-        self._publish({**update, "class_type": self.node_classes.get(str(update.get("node")))}, force=False)
+        node = str(update.get("node"))
+        if node in self.node_classes:
+            self._started_nodes.setdefault(node)
+        # The node counts let a client weigh progress by nodes, as the Comfy API v2's Progress does.
+        counts = {"nodes_done": max(0, len(self._started_nodes) - 1), "nodes_total": len(self.node_classes)}
+        self._publish({**update, **counts, "class_type": self.node_classes.get(node)}, force=False)
 
     def flush(self) -> None:
         """Send the update the throttle held back, if its interval has passed (called while waiting)."""

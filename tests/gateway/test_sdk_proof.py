@@ -90,16 +90,20 @@ def test_the_sdk_runs_a_workflow_file_on_an_uploaded_image_follows_its_events_an
     # Then the picture is an asset addressed by its blake3, stored new
     assert image.id is not None and image.created_new is True
     assert image.hash == "blake3:" + blake3((tmp_path / "dancer.png").read_bytes()).hexdigest()
-    # When the SDK follows the job's events, letting the GPU step end once the run reports progress
+    # When the SDK follows the job's events, letting the GPU step end once the run reports progress by nodes
     events: list[Any] = []
     for event in job.events():
         events.append(event)
-        if isinstance(event, Progress) and sim.state()["held"]:
+        if isinstance(event, Progress) and event.nodes_total and sim.state()["held"]:
             sim.release()
     # Then it saw the job running with its progress, its output announced, and the end: succeeded
     statuses = [event.status for event in events if isinstance(event, StatusChange)]
     assert "running" in statuses and statuses[-1] == "succeeded", events
     assert any(isinstance(event, Progress) and event.message for event in events), events
+    # and, held in ImageInvert, the run was past LoadImage of the graph's three nodes: value weighed by nodes
+    by_nodes = [event for event in events if isinstance(event, Progress) and event.nodes_total]
+    assert by_nodes and (by_nodes[0].nodes_done, by_nodes[0].nodes_total) == (1, 3), by_nodes
+    assert 1 / 3 <= by_nodes[0].value < 2 / 3, by_nodes
     [announced] = [event.output for event in events if isinstance(event, OutputReady)]
     # When it polls the job (the source of truth) and downloads its output to a file
     done = job.result()
