@@ -114,13 +114,20 @@ def read_records(client: redis.Redis, pattern: str) -> list[dict[str, Any]]:
     return [json.loads(value) for value in values if value]
 
 
+def _readiness(record: dict[str, Any]) -> str:
+    """A liveness record's word for the worker's state (worker/liveness.py: ``warming`` while it warms up)."""
+    if record.get("ready"):
+        return "ready"
+    return "warming up" if record.get("warming") else "waiting for ComfyUI"
+
+
 def worker_views(client: redis.Redis, active: dict[str, list[dict[str, Any]]] | None) -> list[WorkerView]:
     views: dict[str, WorkerView] = {}
     for record in read_records(client, keys.WORKER_LIVENESS_PATTERN):
         views[record["hostname"]] = WorkerView(
             hostname=record["hostname"], ready=bool(record.get("ready")), consuming=bool(record.get("consuming")),
             device=record.get("device"), queues=list(record.get("queues") or []),
-            readiness="ready" if record.get("ready") else "waiting for ComfyUI",
+            readiness=_readiness(record),
         )
     for snapshot in read_records(client, keys.WORKER_METRICS_PATTERN):
         view = views.get(snapshot["hostname"])

@@ -52,6 +52,15 @@ def dance_check(cluster: Cluster, name: str = "w") -> tuple[int, dict[str, Any]]
     return done.returncode, json.loads(done.stdout)
 
 
+def cluster_readiness(cluster: Cluster, name: str = "w") -> str:
+    """The readiness `dance cluster --json` shows for the worker, run as a real process."""
+    env = {**os.environ, "CELERY_BROKER_URL": cluster.broker_url, "CELERY_RESULT_BACKEND": cluster.broker_url}
+    done = subprocess.run([sys.executable, "-m", "producer.cli", "cluster", "--json"], env=env, capture_output=True,
+                          text=True, timeout=WAIT_S, check=True)
+    [worker] = [w for w in json.loads(done.stdout)["workers"] if w["hostname"].startswith(f"{name}@")]
+    return str(worker["readiness"])
+
+
 def flower_readiness(cluster: Cluster, name: str = "w") -> str:
     """The readiness text Flower shows under the worker's "Other" tab (its ``stats`` reply)."""
     with cluster.client() as client:
@@ -85,6 +94,7 @@ def test_a_warming_worker_takes_no_job_and_no_view_sees_it_ready_until_its_warm_
                    "dance check to say the worker is warming up")
         assert dance_check(cluster)[0] == 1
         assert flower_readiness(cluster).startswith("not ready: warming up")
+        assert "warming up" in cluster_readiness(cluster)
         assert "warming up: running the workflow once" in worker.log()
         assert pings(cluster, node_name("w"))
         # and the job stays in Redis, reserved by nobody, with no worker_ready and no "ready." line
