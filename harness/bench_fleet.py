@@ -10,9 +10,10 @@ jobs outlast the window (:data:`BACKLOG_EXEC_S`), so a busy simulator only sleep
 the steady cost of a busy worker with work waiting. Each worker has a simulator of its own (76 MB and under
 a CPU second to start): workers sharing one would not all be in the same state under the backlog (the
 worker whose prompt runs stages a second job, those whose prompts wait in that ComfyUI's queue hold one),
-and that alone moved the busy per-worker input bytes by 16 % between a fleet of one and of 32. What
-finishing a job costs is measured apart (:func:`per_job`: short jobs on a small fleet) and added to the
-projection at one job per :data:`PROJECTED_JOB_EVERY_S`.
+and that alone moved the busy per-worker input bytes by 16 % between a fleet of one and of 32. The busy
+window opens only once staging is over (:meth:`Fleet.wait_settled`). What staging and finishing a job cost
+is measured apart (:func:`per_job`: short jobs on a small fleet) and added to the projection at one job per
+:data:`PROJECTED_JOB_EVERY_S`.
 
 Counters come from one raw ``INFO stats commandstats cpu`` round trip per sample, whose own bytes and
 command are taken out of the deltas (an INFO reply is kilobytes: at one idle worker it would be a
@@ -26,6 +27,7 @@ import json
 import socket
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,14 @@ TURNOVER_EXEC_S = 0.2
 PROJECTED_JOB_EVERY_S = 15.0
 #: Socket timeout of a sample, in seconds.
 SAMPLE_TIMEOUT_S = 10.0
+#: The busy window opens once no job state was written (SETEX of the result backend) for this long, in
+#: seconds, after every prompt is queued: the staging's last writes (STARTED, stage changes, a prompt's first
+#: progress) are part of what a job costs (:func:`per_job`), not of what a busy worker costs per second.
+SETTLE_S = 2.0
+#: Pause between two looks at whether the fleet has settled, in seconds (each look asks every simulator).
+SETTLE_POLL_S = 0.25
+#: The prompts a full simulator holds once staging is over: one runs, its workers' other held jobs wait.
+BUSY_PROMPTS = (1, WORKERS_PER_SIMULATOR * BUSY_JOBS - 1)
 
 Figures = dict[str, Any]
 
@@ -207,6 +217,38 @@ class Fleet:
         records = read_records(client.redis, keys.WORKER_LIVENESS_PATTERN)
         return len(records) == self.size and all(len(record.get("jobs") or []) >= BUSY_JOBS for record in records)
 
+    def prompts_queued(self) -> bool:
+        """Every simulator runs one prompt and holds the staged ones: every held job got past its staging."""
+        for sim in self.sims:
+            with urllib.request.urlopen(f"{sim}/queue", timeout=SAMPLE_TIMEOUT_S) as response:
+                queue = json.loads(response.read())
+            if (len(queue["queue_running"]), len(queue["queue_pending"])) != BUSY_PROMPTS:
+                return False
+        return True
+
+    def wait_settled(self, client: DanceClient, timeout_s: float = FLEET_READY_TIMEOUT_S) -> None:
+        """Wait until the fleet is in its steady busy state: every worker holds its jobs, every prompt is
+        queued, and no job state was written for SETTLE_S.
+
+        Holding the jobs is not enough: a worker lists a job as soon as the message arrives, while the
+        staged job still downloads, uploads and queues its prompt, and each step writes the job's state
+        (a GET of the old meta, whose kilobyte-and-a-half comes back, then SETEX and PUBLISH). On two cores
+        the staging of 16 or 32 workers ran into the window, and those writes alone were the busy
+        worker's outgoing bytes that grew with the fleet (85 -> 241 B/s per worker from 1 to 32)."""
+        deadline = time.monotonic() + timeout_s
+        writes, quiet_since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            if self.every_worker_is_full(client) and self.prompts_queued():
+                now, seen = time.monotonic(), BrokerSample.read(self.port).calls.get("setex", 0)
+                if seen != writes:
+                    writes, quiet_since = seen, now
+                elif now - quiet_since >= SETTLE_S:
+                    return
+            else:
+                writes = -1
+            time.sleep(SETTLE_POLL_S)  # a poll of Redis and of every simulator: not every 20 ms on two cores
+        raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for the {self.size} workers to settle")
+
     def stop(self) -> None:
         """SIGKILL everything: the backlog's jobs and Redis's data are thrown away anyway, and 32 workers
         that each drain a running job for their SIGTERM's grace would take minutes one after the other."""
@@ -214,10 +256,14 @@ class Fleet:
             process.kill()
 
 
-def measure(port: int, window_s: float, workers: int) -> Figures:
+def measure_cost(port: int, window_s: float) -> BrokerCost:
     start = BrokerSample.read(port)
     time.sleep(window_s)  # the measurement window itself: Redis's counters run on, nothing to wait for
-    return BrokerCost.between(start, BrokerSample.read(port)).per_worker(workers)
+    return BrokerCost.between(start, BrokerSample.read(port))
+
+
+def measure(port: int, window_s: float, workers: int) -> Figures:
+    return measure_cost(port, window_s).per_worker(workers)
 
 
 def one_fleet(root: Path, size: int, window_s: float) -> dict[str, Figures]:
@@ -229,8 +275,7 @@ def one_fleet(root: Path, size: int, window_s: float) -> dict[str, Figures]:
         with fleet.client() as client:
             for n in range(size * BACKLOG_JOBS_PER_WORKER):
                 client.submit(request_for(media, seed=n))
-            wait_until(lambda: fleet.every_worker_is_full(client), FLEET_READY_TIMEOUT_S,
-                       f"every worker to hold {BUSY_JOBS} jobs of the backlog")
+            fleet.wait_settled(client)
             backlog = measure(fleet.port, window_s, size)
     finally:
         fleet.stop()

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
-from harness.bench_fleet import CPU_BUDGET_CORES, fit, flatness
+from harness.bench_cluster import ThrottledMedia, bench_media
+from harness.bench_fleet import BACKLOG_JOBS_PER_WORKER, CPU_BUDGET_CORES, SETTLE_S, Fleet, fit, flatness, measure_cost
+from harness.bench_scenarios import request_for
 from worker.telemetry.flower import FLOWER_MAX_TASKS, FLOWER_MAX_WORKERS
 
 
@@ -47,3 +50,29 @@ def test_dance_flowers_config_file_gives_flower_its_task_and_worker_limits(redis
                           env={"CELERY_BROKER_URL": redis_db, "PATH": ""})
     # Then it keeps at most the project's numbers of tasks and workers, not Flower's 100,000 tasks
     assert done.stdout.split() == [str(FLOWER_MAX_TASKS), str(FLOWER_MAX_WORKERS)]
+
+
+#: Workers of the settling check, and how long each staged job's download takes there, in seconds.
+SETTLING_WORKERS = 2
+SLOW_STAGING_S = 4.0
+
+
+def test_the_fleet_benchmarks_busy_window_opens_only_once_no_staging_writes_a_jobs_state(tmp_path: Path) -> None:
+    # Given a fleet of real workers, each with its own simulator, and a backlog whose inputs download slowly,
+    # so that a worker holds its staged job (it lists it) seconds before that job's staging writes its state
+    files = bench_media(tmp_path / "media", tiny=True)
+    media = ThrottledMedia(files, bytes_per_s=sum(len(body) for body in files.values()) / SLOW_STAGING_S)
+    fleet = Fleet(tmp_path / "fleet", SETTLING_WORKERS).start()
+    try:
+        with fleet.client() as client:
+            for n in range(SETTLING_WORKERS * BACKLOG_JOBS_PER_WORKER):
+                client.submit(request_for(media, seed=n))
+            # When the benchmark waits for the fleet to settle and then measures its busy window
+            fleet.wait_settled(client)
+            window = measure_cost(fleet.port, SETTLE_S + SLOW_STAGING_S)
+    finally:
+        fleet.stop()
+        media.close()
+    # Then the window holds no write of a job's state (SETEX of the result backend, with its GET and PUBLISH)
+    # and no count of an execution (INCR, once a prompt is queued): only the steady cost of busy workers
+    assert "setex" not in window.calls and "incr" not in window.calls, window.calls
