@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import redis as redis_lib
-from blake3 import blake3
 
 from producer import keys
 from producer.asset_refs import ASSET_REF_TYPE, asset_ref_id, canonical_id, refs_in
@@ -39,7 +38,7 @@ from producer.errors import (
     ASSET_TOO_LARGE,
     error,
 )
-from worker.storage.base import Readable, Storage, file_digest, iter_chunks
+from worker.storage.base import Hasher, Readable, Storage, file_digest, iter_chunks
 
 # The references live in asset_refs (a module of their own for size); callers import them from here.
 __all__ = [
@@ -145,7 +144,7 @@ class Spool:
         handle, name = tempfile.mkstemp(prefix=SPOOL_PREFIX, dir=directory)
         self.path = Path(name)
         self._file = os.fdopen(handle, "wb")
-        self._hash = blake3()
+        self._hash = new_hasher()
         self._max_bytes = max_bytes
         self.size_bytes = 0
 
@@ -171,9 +170,17 @@ class Spool:
         self.discard()
 
 
+def new_hasher() -> Hasher:
+    """A blake3 hasher. Imported here, not at the top: a bare producer (celery and redis only) submits
+    workflow jobs, which reads asset records but never hashes bytes, and has no blake3 installed."""
+    from blake3 import blake3
+
+    return blake3()
+
+
 def file_blake3(path: Path) -> tuple[int, str]:
     """Size in bytes and blake3 (hex) of a file, read in chunks."""
-    return file_digest(path, blake3())
+    return file_digest(path, new_hasher())
 
 
 def parse_hash(value: object) -> str | None:
