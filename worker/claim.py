@@ -68,7 +68,10 @@ def claim(runtime: Runtime, ctx: JobContext) -> dict[str, Any] | None:
             # The holder may have finished between our look at storage and the acquire.
             finished = existing_manifest(runtime, ctx.job_id)
             if finished is None:
-                stop_predecessor(runtime.redis, ctx.job_id, token)  # a dead run's prompt may still hold a GPU
+                # A dead run's prompt may still hold a GPU: this run waits until it is stopped (or is itself
+                # cancelled or shut down, which the check below turns into its outcome).
+                stop_predecessor(runtime.redis, ctx.job_id, token, ctx.cancel.event)
+                raise_if_cancelled(runtime, ctx)
             return finished
         holder = runtime.leases.holder(ctx.job_id)
         remaining_ms = runtime.leases.remaining_ms(ctx.job_id)

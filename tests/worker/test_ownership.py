@@ -27,6 +27,9 @@ VISIBILITY_TIMEOUT_S = 4.0
 FAST = {"DANCE_VISIBILITY_TIMEOUT_S": str(VISIBILITY_TIMEOUT_S)}
 #: Each job here outlasts this many visibility timeouts.
 TIMEOUTS_OUTLASTED = 3
+#: One sampler step of a long job, in seconds: longer than a taker's wait for its predecessor's prompt to
+#: stop (worker/prompt_stop.py STOP_CONFIRM_S, 10 s) from when the takeover begins.
+LONG_STEP_S = 25.0
 
 
 def _gpu_runs(*sims: Any) -> int:
@@ -193,6 +196,30 @@ def test_a_job_taken_over_from_a_killed_worker_first_stops_the_prompt_it_left_in
     [taken] = [run for run in sim_b.state()["runs"] if run[3] == "taken-over"]
     assert orphan[2] <= taken[1], (orphan, taken)
     assert sim_a.state()["interrupts"] >= 1
+
+
+def test_a_job_taken_over_waits_until_the_prompt_its_dead_run_left_in_a_long_sampler_step_has_stopped(
+    cluster: Cluster, comfysim: Any, media_server: Any, tmp_path: Path
+) -> None:
+    # Given a job running on A's ComfyUI (a container of its own: it outlives A) in sampler steps of LONG_STEP_S,
+    # where an interrupt lands only at the next step, and a peer B
+    sim_a, sim_b = comfysim(exec_s=2 * LONG_STEP_S), comfysim(exec_s=0.2)
+    worker_a = cluster.start_worker("a", sim_a.url, **FAST)
+    with cluster.client() as client:
+        handle = client.submit(dance_request(media_server, tmp_path, steps=2), job_id="long-step")
+        wait_until(lambda: sim_a.state()["running"] is not None, 30, "the prompt to run on A")
+        cluster.start_worker("b", sim_b.url, **FAST)
+        # When A is SIGKILLed mid-step and stays down
+        worker_a.kill()
+        # Then B takes the job over, but runs it only once A's prompt has left A's ComfyUI
+        result = handle.result(timeout_s=120)
+    assert result["worker"]["hostname"].startswith("b@")
+    assert sim_a.state()["running"] is None, "A's prompt still runs after B finished the job"
+    [orphan] = [run for run in sim_a.state()["runs"] if run[3] == "long-step"]
+    [taken] = [run for run in sim_b.state()["runs"] if run[3] == "long-step"]
+    assert orphan[2] <= taken[1], (orphan, taken)
+    # and the orphan was cut short by B's interrupts, not left to run its full length
+    assert orphan[2] - orphan[1] < 2 * LONG_STEP_S and sim_a.state()["interrupts"] >= 1
 
 
 def test_a_live_run_that_dies_right_after_its_copy_was_dropped_still_gets_its_job_redelivered(

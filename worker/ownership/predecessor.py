@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 
 import redis
 
@@ -45,8 +46,17 @@ def forget_prompt(client: redis.Redis, job_id: str, token: str) -> None:
     client.eval(_FORGET, 1, keys.job_prompt(job_id), token)
 
 
-def stop_predecessor(client: redis.Redis, job_id: str, token: str) -> None:
-    """Stop the prompt an earlier run of ``job_id`` recorded, if any; never raises for ComfyUI's sake."""
+def stop_predecessor(client: redis.Redis, job_id: str, token: str, give_up: threading.Event) -> None:
+    """Stop the prompt an earlier run of ``job_id`` recorded, if any, and return only once it is out of its
+    ComfyUI's queue, that ComfyUI is gone, or ``give_up`` is set (a cancel or a shutdown of this run); never
+    raises for ComfyUI's sake.
+
+    It keeps trying for as long as the prompt runs: an interrupt lands only at the next sampler step or node
+    (15_interrupt_non_progress_node), and one step of a large video model can take longer than any fixed
+    wait. Running the job meanwhile would put it on two GPUs at once (the chaos run caught one whose dead
+    run's prompt was still in a 12 s step when a 10 s wait gave up). The lease stays this run's meanwhile:
+    the heartbeat renews it.
+    """
     raw = client.get(keys.job_prompt(job_id))
     if raw is None:
         return
@@ -55,16 +65,26 @@ def stop_predecessor(client: redis.Redis, job_id: str, token: str) -> None:
         return
     http = ComfyHttp(str(record["comfyui_url"]), PREDECESSOR_TIMEOUT_S)
     try:
+        while _answers(http, job_id, str(record["comfyui_url"])):
+            if stop_prompt(http, str(record["prompt_id"])):
+                log.warning("job %s: taking over from a run that did not finish; its prompt %s on %s is out of "
+                            "its queue now", job_id, record["prompt_id"], record["comfyui_url"])
+                return
+            log.warning("job %s: the prompt %s of the run it takes over from still runs on %s; waiting for it to "
+                        "stop before this run starts, so that the job never runs on two GPUs", job_id,
+                        record["prompt_id"], record["comfyui_url"])
+            if give_up.is_set():
+                return
+    finally:
+        http.close()
+
+
+def _answers(http: ComfyHttp, job_id: str, comfyui_url: str) -> bool:
+    """Whether the dead run's ComfyUI answers; one that does not is taken as gone, its prompt with it."""
+    try:
         http.learn_version(http.system_stats(timeout_s=PREDECESSOR_TIMEOUT_S))
     except DanceError as exc:
         log.info("job %s: the ComfyUI of its earlier run (%s) does not answer (%s); its prompt is gone with it",
-                 job_id, record["comfyui_url"], exc.code)
-        http.close()
-        return
-    try:
-        stopped = stop_prompt(http, str(record["prompt_id"]))
-    finally:
-        http.close()
-    outcome = "is out of its queue now" if stopped else "could not be confirmed out of its queue"
-    log.warning("job %s: taking over from a run that did not finish; its prompt %s on %s %s", job_id,
-                record["prompt_id"], record["comfyui_url"], outcome)
+                 job_id, comfyui_url, exc.code)
+        return False
+    return True
