@@ -1,18 +1,18 @@
-"""Workers run without gossip and mingle, and keep what ping, cancel, Flower and `dance cluster` need."""
+"""Workers run without gossip and mingle, and keep what ping, cancel, Flower and `dance cluster` need.
+
+That the revoke broadcast still stops a running job on such a worker (every test worker runs without gossip
+and mingle) is tests/worker/test_comfy_failures.py
+``test_cancelling_a_running_job_interrupts_only_its_prompt_and_ends_revoked``."""
 
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 
-from producer import errors
 from producer.client import DanceClient
 from tests.fixtures.workers import Cluster
-from tests.support.jobs import dance_request
 from tests.support.processes import wait_until
 
 #: How long the test listens for a worker's heartbeat (Celery sends one every 2 s), in seconds.
@@ -67,23 +67,3 @@ def test_two_workers_neither_gossip_nor_mingle_yet_answer_ping_and_send_heartbea
         assert sorted(next(iter(reply)).split("@")[0] for reply in replies) == ["a", "b"]
         # and still send the heartbeats by which Flower tells a worker online
         assert heartbeat_from(client, "b@")["type"] == "worker-heartbeat"
-
-
-def test_a_running_job_is_still_cancelled_by_the_revoke_broadcast(
-    cluster: Cluster, comfysim: Any, media_server: Any, tmp_path: Path
-) -> None:
-    # Given a worker without gossip or mingle whose job runs (held mid-sampler)
-    sim = comfysim(exec_s=0.2)
-    sim.faults({"hold": True})
-    cluster.start_worker("w", sim.url)
-    with cluster.client() as client:
-        handle = client.submit(dance_request(media_server, tmp_path))
-        wait_until(lambda: sim.state()["running"] is not None, 30, "the prompt to start")
-        # When the job is cancelled
-        handle.cancel()
-        # Then the broadcast reaches the worker: its prompt is interrupted and the job ends REVOKED
-        wait_until(lambda: sim.state()["interrupts"] == 1, 20, "the interrupt")
-        wait_until(lambda: handle.status() == "REVOKED", 20, "the job to end REVOKED")
-        with pytest.raises(errors.DanceError) as raised:
-            handle.result(timeout_s=5)
-        assert raised.value.code == errors.JOB_CANCELLED
