@@ -202,21 +202,27 @@ def test_a_job_taken_over_waits_until_the_prompt_its_dead_run_left_in_a_long_sam
     cluster: Cluster, comfysim: Any, media_server: Any, tmp_path: Path
 ) -> None:
     # Given a job running on A's ComfyUI (a container of its own: it outlives A) in sampler steps of LONG_STEP_S,
-    # where an interrupt lands only at the next step, and a peer B
-    sim_a, sim_b = comfysim(exec_s=2 * LONG_STEP_S), comfysim(exec_s=0.2)
+    # where an interrupt lands only at the next step, and two idle peers B and C
+    sim_a, sim_b, sim_c = comfysim(exec_s=2 * LONG_STEP_S), comfysim(exec_s=0.2), comfysim(exec_s=0.2)
     worker_a = cluster.start_worker("a", sim_a.url, **FAST)
     with cluster.client() as client:
         handle = client.submit(dance_request(media_server, tmp_path, steps=2), job_id="long-step")
         wait_until(lambda: sim_a.state()["running"] is not None, 30, "the prompt to run on A")
         cluster.start_worker("b", sim_b.url, **FAST)
+        cluster.start_worker("c", sim_c.url, **FAST)
         # When A is SIGKILLed mid-step and stays down
         worker_a.kill()
-        # Then B takes the job over, but runs it only once A's prompt has left A's ComfyUI
+        killed_at = time.time()
+        # Then a peer takes the job over, but runs it only once A's prompt has left A's ComfyUI
         result = handle.result(timeout_s=120)
-    assert result["worker"]["hostname"].startswith("b@")
-    assert sim_a.state()["running"] is None, "A's prompt still runs after B finished the job"
+    taker, sim_t, idle = ("b", sim_b, sim_c) if result["worker"]["hostname"].startswith("b@") else ("c", sim_c, sim_b)
+    assert result["worker"]["hostname"].startswith(f"{taker}@")
+    assert sim_a.state()["running"] is None, "A's prompt still runs after the job ended"
     [orphan] = [run for run in sim_a.state()["runs"] if run[3] == "long-step"]
-    [taken] = [run for run in sim_b.state()["runs"] if run[3] == "long-step"]
+    [taken] = [run for run in sim_t.state()["runs"] if run[3] == "long-step"]
+    # and the taker's lease held through its wait, longer than three lease TTLs: the other peer never ran it
+    assert taken[1] - killed_at >= (TIMEOUTS_OUTLASTED + 1) * VISIBILITY_TIMEOUT_S, (killed_at, taken)
+    assert [run for run in idle.state()["runs"] if run[3] == "long-step"] == []
     assert orphan[2] <= taken[1], (orphan, taken)
     # and the orphan was cut short by B's interrupts, not left to run its full length
     assert orphan[2] - orphan[1] < 2 * LONG_STEP_S and sim_a.state()["interrupts"] >= 1
