@@ -36,6 +36,17 @@ def dance_request(media_server: Any, folder: Path, **overrides: Any) -> dict[str
     return request
 
 
+def one_running_one_staged(sim: Any) -> bool:
+    """Whether ComfyUI runs one prompt while exactly one more waits behind it.
+
+    A bare "one pending" is not enough: right after the first POST /prompt the first prompt itself sits in
+    ``queue_pending`` until ComfyUI's executor thread takes it, so a test acting on that moment acts before
+    the second prompt even exists (a clear of the queue then removes nothing).
+    """
+    queue = sim.request("GET", "/queue")
+    return len(queue["queue_running"]) == 1 and len(queue["queue_pending"]) == 1
+
+
 def queued_messages(broker_url: str, queue: str = "dance") -> int:
     """Messages waiting in ``queue`` across all its priority lists (kombu keeps one list per level)."""
     client = redis.Redis.from_url(broker_url)

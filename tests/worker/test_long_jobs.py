@@ -11,7 +11,7 @@ import pytest
 
 from producer import errors, keys
 from tests.fixtures.workers import Cluster
-from tests.support.jobs import dance_request, job_counter
+from tests.support.jobs import dance_request, job_counter, one_running_one_staged
 from tests.support.processes import wait_until
 from worker.comfy_http import ComfyHttp
 
@@ -32,7 +32,7 @@ def test_a_pipelined_job_keeps_its_whole_deadline_for_its_own_execution(
         # the first in ComfyUI's queue
         first = client.submit(dance_request(media_server, tmp_path), job_id="long-1", timeout_s=8.0)
         second = client.submit(dance_request(media_server, tmp_path), job_id="long-2", timeout_s=8.0)
-        wait_until(lambda: len(sim.request("GET", "/queue")["queue_pending"]) == 1, 30, "the second prompt")
+        wait_until(lambda: one_running_one_staged(sim), 30, "the second prompt staged behind the first")
         second_queued_by = time.time()
         # Then both succeed
         assert first.result(timeout_s=60)["status"] == "succeeded"
@@ -70,7 +70,7 @@ def test_a_prompt_cleared_from_comfyuis_queue_is_noticed_and_its_job_runs_again(
     with cluster.client() as client:
         held = client.submit(dance_request(media_server, tmp_path), job_id="held")
         staged = client.submit(dance_request(media_server, tmp_path), job_id="staged")
-        wait_until(lambda: len(sim.request("GET", "/queue")["queue_pending"]) == 1, 30, "the staged prompt")
+        wait_until(lambda: one_running_one_staged(sim), 30, "the staged prompt behind the held one")
         # When someone clears ComfyUI's queue ("clear queue" in its UI, 17_queue_clear)
         sim.request("POST", "/queue", {"clear": True})
         # Then within seconds the staged job is handed back and started again, while the held one still runs
