@@ -100,8 +100,9 @@ class _Feed:
             return None
         if message is None or message.get("type") != "message":
             return None
-        # A cancel request writes no state, so the flag is carried over; the next poll refreshes it.
-        return snapshot_from_meta(self.ctx.client.app.backend.decode_result(message["data"]), last.cancel_requested)
+        # A cancel request and a start write no state, so both are carried over; the next poll refreshes them.
+        return snapshot_from_meta(self.ctx.client.app.backend.decode_result(message["data"]), last.cancel_requested,
+                                  last.started_at)
 
     async def close(self) -> None:
         if self.pubsub is not None:

@@ -48,6 +48,8 @@ class Snapshot:
     #: When the job ended, as the backend wrote it (ISO 8601), or None.
     date_done: str | None
     cancel_requested: bool
+    #: When the job's latest attempt started (epoch seconds, the worker's ``keys.started``), or None.
+    started_at: float | None = None
 
     @property
     def status(self) -> str:
@@ -55,18 +57,26 @@ class Snapshot:
         return "canceling" if status == "running" and self.cancel_requested else status
 
 
-def snapshot_from_meta(meta: dict[str, Any], cancel_requested: bool) -> Snapshot:
+def snapshot_from_meta(meta: dict[str, Any], cancel_requested: bool, started_at: float | None = None) -> Snapshot:
     done = meta.get("date_done")
     return Snapshot(str(meta.get("status", "PENDING")), meta.get("result"),
                     done.isoformat() if isinstance(done, datetime) else (str(done) if done else None),
-                    cancel_requested)
+                    cancel_requested, started_at)
 
 
 def read_snapshot(client: DanceClient, job_id: str) -> Snapshot:
     """The job's state now (blocking: call it from a thread)."""
     meta = client._guard(lambda: client.app.backend.get_task_meta(job_id, cache=False))
-    cancelled = bool(client._guard(lambda: client.redis.exists(keys.cancelled(job_id))))
-    return snapshot_from_meta(meta, cancelled)
+    cancelled, started = client._guard(lambda: _job_flags(client, job_id))
+    return snapshot_from_meta(meta, bool(cancelled), float(started) if started is not None else None)
+
+
+def _job_flags(client: DanceClient, job_id: str) -> list[Any]:
+    """Whether a cancel was asked, and when the latest attempt started: one round trip."""
+    pipe = client.redis.pipeline(transaction=False)
+    pipe.exists(keys.cancelled(job_id))
+    pipe.get(keys.started(job_id))
+    return list(pipe.execute())
 
 
 def iso(epoch_s: float) -> str:
@@ -130,7 +140,7 @@ def v2_job(record: JobRecord, snapshot: Snapshot, base: str) -> dict[str, Any]:
     link = f"{base}/api/v2/jobs/{record.id}"
     return {
         "id": record.id, "status": status, "created_at": iso(record.created_at),
-        "started_at": None, "completed_at": snapshot.date_done if status in TERMINAL else None,
+        "started_at": _started_at(snapshot), "completed_at": snapshot.date_done if status in TERMINAL else None,
         "expires_at": iso(record.created_at + keys.JOB_KEY_TTL_S),
         "queue_position": None, "progress": v2_progress(snapshot),
         "outputs": v2_outputs(record, snapshot, base), "error": v2_error(snapshot),
@@ -138,6 +148,13 @@ def v2_job(record: JobRecord, snapshot: Snapshot, base: str) -> dict[str, Any]:
         "urls": {"self": link, "events": f"{link}/events", "cancel": f"{link}/cancel"},
         "kind": record.kind, "queue": record.queue,
     }
+
+
+def _started_at(snapshot: Snapshot) -> str | None:
+    # A requeued job is queued again: its earlier attempt's start is no start of what the client now sees.
+    if snapshot.started_at is None or snapshot.status == "queued":
+        return None
+    return iso(snapshot.started_at)
 
 
 def runpod_job(record: JobRecord, snapshot: Snapshot) -> dict[str, Any]:

@@ -23,6 +23,11 @@ def attempts(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:attempts"
 
 
+def started(job_id: str) -> str:
+    """When the run that owns the job started it (epoch seconds), set at every start: the v2 ``started_at``."""
+    return f"{PREFIX}:job:{job_id}:started"
+
+
 def lease(job_id: str) -> str:
     """The execution lease: the token of the one run allowed to use a GPU for this job, with a TTL."""
     return f"{PREFIX}:job:{job_id}:lease"

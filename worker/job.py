@@ -95,7 +95,7 @@ def run_job(runtime: Runtime, ctx: JobContext, kind: JobKind) -> dict[str, Any]:
             return finished
         ctx.phase(PREPARING)
         ctx.progress.started(ctx.hostname)
-        ctx.attempt = count(runtime, keys.attempts(ctx.job_id))
+        ctx.attempt = start_attempt(runtime, ctx.job_id)
         if ctx.attempt > 1:
             log.info("job %s: attempt %d", ctx.job_id, ctx.attempt)
         return _run_owned(runtime, ctx, kind)
@@ -214,6 +214,16 @@ def _record(
     count(runtime, keys.manifest_writes(ctx.job_id))
     result["manifest"] = {"uri": manifest.uri, "url": manifest.url}
     return result
+
+
+def start_attempt(runtime: Runtime, job_id: str) -> int:
+    """Count one more start of the job and record when it began (the gateway's ``started_at``), in one
+    round trip; returns the attempt number."""
+    pipe = runtime.redis.pipeline()
+    pipe.incr(keys.attempts(job_id))
+    pipe.expire(keys.attempts(job_id), keys.JOB_KEY_TTL_S)
+    pipe.set(keys.started(job_id), repr(time.time()), ex=keys.JOB_KEY_TTL_S)
+    return int(pipe.execute()[0])
 
 
 def count(runtime: Runtime, key: str) -> int:

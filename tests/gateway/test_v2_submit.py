@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -75,6 +76,10 @@ def test_a_workflow_with_an_idempotency_key_runs_once_its_outputs_are_assets_and
     done = cast(dict[str, Any], wait_until(succeeded, 60, "the workflow job to succeed"))
     # (both bodies are the contract's Job, as the official SDK's generated models read it)
     assert LowJob.model_validate(job).id == LowJob.model_validate(done).id == job["id"]
+    # and it tells when its run started, between its creation and its end
+    created, started, completed = (datetime.fromisoformat(done[name]) for name in
+                                   ("created_at", "started_at", "completed_at"))
+    assert created <= started <= completed
     [output] = done["outputs"]
     record = assets.load(redis.Redis.from_url(cluster.broker_url), output["id"])
     assert record is not None and (record.owner, record.job_id) == (ALICE, job["id"])
