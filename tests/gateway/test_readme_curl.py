@@ -1,7 +1,7 @@
 """Every curl line of the README's gateway section works as shown, against a real gateway and worker.
 
 The lines are read from README.md's shell blocks, never copied here. ``$GW`` and ``$KEY`` come from the
-environment the README's first line sets; ``JOB_ID`` and ``ENDPOINT`` are placeholders, and the ``https://…``
+environment the README's first line sets; ``JOB_ID``, ``WORKFLOW_JOB_ID`` and ``ENDPOINT`` are placeholders, and the ``https://…``
 media of the inline body are the test media server's; ``workflow-body.json`` holds a workflow on an image
 asset of the key. Each line must answer a 2xx.
 """
@@ -73,9 +73,12 @@ def test_every_documented_curl_line_answers_2xx_against_a_real_gateway(
     job_id = json.loads(body)["id"]
     wait_until(lambda: gateway.call("GET", f"/api/v2/jobs/{job_id}").json()["status"] == "succeeded", 60,
                "the job to succeed")
-    # Then every other line, as written, answers 2xx
+    # Then every other line, as written, answers 2xx (WORKFLOW_JOB_ID: the job the v2 submit line made)
+    workflow_job_id = "no v2 job submitted yet"
     for line in lines:
         if line is not run and "/run " not in line:
-            command = re.sub(r"\s+#.*$", "", line).replace("ENDPOINT", "ep").replace("JOB_ID", job_id)
-            status, body = run_curl(command, env, tmp_path)
+            command = re.sub(r"\s+#.*$", "", line).replace("ENDPOINT", "ep").replace("WORKFLOW_JOB_ID", workflow_job_id)
+            status, body = run_curl(command.replace("JOB_ID", job_id), env, tmp_path)
             assert 200 <= status < 300, (line, status, body)
+            if "-X POST $GW/api/v2/jobs " in line:
+                workflow_job_id = json.loads(body)["id"]
