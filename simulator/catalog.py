@@ -3,7 +3,10 @@
 Static node descriptions are JSON captured from real servers (``catalog/core_nodes.json`` for ComfyUI's own
 nodes, ``catalog/custom_nodes.json`` for the dance workflow's custom nodes). Lists that a real server
 computes at request time are filled here: LoadImage/LoadVideo/VHS_LoadVideo list the input folder, and
-``--missing-model`` files disappear from every combo list and from /models.
+``--missing-model`` files disappear from every combo list and from /models. The missing set can change
+while the server runs (POST /__sim__/models), as a real server's lists follow its model folders: ComfyUI's
+``folder_paths.cached_filename_list_`` rescans a folder whose mtime moved, so every /object_info shows a
+file added or removed on disk without a restart.
 """
 
 from __future__ import annotations
@@ -79,10 +82,16 @@ class Catalog:
     ) -> None:
         self.dirs = dirs
         self._missing_models = frozenset(missing_models)
-        self._nodes = {name: _without_models(info, self._missing_models) for name, info in nodes.items()}
-        self._model_files = {
-            folder: [f for f in files if f not in self._missing_models] for folder, files in model_files.items()
-        }
+        self._nodes = nodes
+        self._model_files = {folder: list(files) for folder, files in model_files.items()}
+
+    @property
+    def missing_models(self) -> frozenset[str]:
+        return self._missing_models
+
+    def set_missing_models(self, names: Iterable[str]) -> None:
+        """Model files absent from now on (all others present): a folder changed on disk."""
+        self._missing_models = frozenset(names)
 
     @classmethod
     def load(
@@ -124,7 +133,7 @@ class Catalog:
 
     def input_types(self, class_type: str) -> dict[str, Any]:
         """The ``input`` section with input-folder lists filled in, as INPUT_TYPES() would return it."""
-        inputs: dict[str, Any] = copy.deepcopy(self._nodes[class_type]["input"])
+        inputs: dict[str, Any] = copy.deepcopy(_without_models(self._nodes[class_type], self._missing_models)["input"])
         for (node_class, input_name), kind in INPUT_FOLDER_COMBOS.items():
             if node_class == class_type and input_name in inputs.get("required", {}):
                 entry = inputs["required"][input_name]
@@ -147,7 +156,7 @@ class Catalog:
         if folder not in self.model_folders():
             return None
         # folder_paths.get_filename_list sorts its result.
-        return sorted(self._model_files.get(folder, []))
+        return sorted(f for f in self._model_files.get(folder, []) if f not in self._missing_models)
 
     def _folder_listing(self, kind: str) -> list[str]:
         listing = vhs_video_files(self.dirs.input_dir) if kind == "vhs" else files_of_kind(self.dirs.input_dir, kind)

@@ -32,7 +32,9 @@ job_id, worker_mark]``, times in epoch seconds, the last two from the prompt's `
 (``dance_job_id``, ``dance_worker``) or null; two records of one job that overlap in time are two GPUs
 running it at once. Its ``model_loads`` list the model files read from disk, in order (simulator/model_loads.py:
 the first use of each after start costs ``--model-load-s``). GET /__sim__/last_prompt returns the last POST /prompt
-body exactly as it arrived (before validation coerced ``"512"`` to ``512``), under ``body``.
+body exactly as it arrived (before validation coerced ``"512"`` to ``512``), under ``body``. POST /__sim__/models
+``{"missing": [file, ...]}`` takes those model files out of their folders from then on and puts every other
+one back (simulator/catalog.py), as an operator's copy or delete does on a real server.
 """
 
 from __future__ import annotations

@@ -194,6 +194,19 @@ class SimRoutes:
         self.s.faults.release()
         return web.json_response({"released": True})
 
+    async def models(self, request: web.Request) -> web.Response:
+        """``{"missing": [file, ...]}``: those model files are gone from their folders from now on, every other
+        one is back (an operator's copy or delete, a models volume unmounted)."""
+        try:
+            body = await request.json()
+            names = body["missing"]
+            if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+                raise TypeError("missing must be a list of file names")
+        except (json.JSONDecodeError, KeyError, TypeError) as ex:
+            return web.json_response({"error": str(ex)}, status=400)
+        self.s.catalog.set_missing_models(names)
+        return web.json_response({"missing": sorted(self.s.catalog.missing_models)})
+
     async def last_prompt(self, request: web.Request) -> web.Response:
         return web.json_response({"body": self.s.faults.last_prompt_body()})
 
@@ -268,6 +281,7 @@ def build_app(services: Services, web_root: Path) -> web.Application:
     app.router.add_post("/__sim__/release", sim.release)
     app.router.add_get("/__sim__/state", sim.state)
     app.router.add_get("/__sim__/last_prompt", sim.last_prompt)
+    app.router.add_post("/__sim__/models", sim.models)
     # ComfyUI registers every route under /api too; its GET routes (RouteTableDef.get -> add_get) also
     # answer HEAD, which recordings/g shows for /view.
     for prefix in ("/api", ""):

@@ -19,11 +19,13 @@ Contract:
   (it runs again once ComfyUI is back, within ``ready_timeout_s``); any other failure is
   ``worker.warmup_failed`` and stops the worker with :data:`EXIT_WARMUP_FAILED`, having taken no job, so a
   supervisor restarts it as it would a worker whose ComfyUI never got ready. SIGTERM cancels a warm-up.
-* Once ready, it keeps probing /system_stats. When ComfyUI dies (two failed probes, or a job that saw
-  it die calls :meth:`ComfyGate.mark_down`, so the queues detach before the job hands its message
-  back), the worker waits in place, taking nothing, until ComfyUI passes the full check again; if that
-  takes longer than ``ready_timeout_s`` it exits with :data:`EXIT_NEVER_READY` so a supervisor
-  restarts it.
+* Once ready, it keeps probing /system_stats, and repeats the full check every
+  ``full_check_interval_s`` (a model file deleted or copied into ComfyUI's folders shows up in both its
+  readiness and its published capabilities). When ComfyUI dies or loses a file the workflow needs (two
+  failed probes, or a job that saw it die calls :meth:`ComfyGate.mark_down`, so the queues detach before
+  the job hands its message back), the worker waits in place, taking nothing, until ComfyUI passes the
+  full check again; if that takes longer than ``ready_timeout_s`` it exits with
+  :data:`EXIT_NEVER_READY` so a supervisor restarts it.
 """
 
 from __future__ import annotations
@@ -161,9 +163,14 @@ class ComfyGate(bootsteps.StartStopStep):
         settings = self.runtime.settings
         attempt, fails = 0, 0
         next_report = self.started_at + settings.ready_log_interval_s
+        next_full = 0.0
         while not self.stop_event.is_set():
-            verdict = probe(self.runtime.http, self.runtime.workflow, settings.require_gpu,
-                            full=not self.ready.is_set())
+            # Once ready, the cheap probe runs between full ones; a failed full check is repeated (not
+            # followed by a cheap one that passes), so a model file gone from ComfyUI pauses consumption.
+            full = not self.ready.is_set() or fails > 0 or time.monotonic() >= next_full
+            verdict = probe(self.runtime.http, self.runtime.workflow, settings.require_gpu, full=full)
+            if full and verdict.ready:
+                next_full = time.monotonic() + settings.full_check_interval_s
             if verdict.answering:
                 self.runtime.timeline.mark(COMFYUI_ANSWERING)
             if verdict.ready:
@@ -183,21 +190,26 @@ class ComfyGate(bootsteps.StartStopStep):
                     next_report = self._report_waiting(verdict, next_report)
                     if self._past_deadline(verdict):
                         return
-            if self.ready.is_set():
-                pause = settings.ready_poll_max_s
-            elif not verdict.answering:
-                # Nothing listens yet: a refused connect never reaches ComfyUI, so polling fast costs it
-                # nothing and the first 200 is seen within ready_poll_min_s.
-                pause = settings.ready_poll_min_s
-            else:
-                pause = self.backoff.delay_s(attempt)  # it answers but lacks something: /object_info is heavy
+            self.stop_event.wait(self._pause_s(verdict, attempt))
             attempt += 1
-            self.stop_event.wait(pause)
+
+    def _pause_s(self, verdict: Readiness, attempt: int) -> float:
+        """How long the probe thread waits before its next probe."""
+        settings = self.runtime.settings
+        if self.ready.is_set():
+            return settings.ready_poll_max_s
+        if not verdict.answering:
+            # Nothing listens yet: a refused connect never reaches ComfyUI, so polling fast costs it
+            # nothing and the first 200 is seen within ready_poll_min_s.
+            return settings.ready_poll_min_s
+        return self.backoff.delay_s(attempt)  # it answers but lacks something: /object_info is heavy
 
     def _on_ready(self, verdict: Readiness) -> Readiness:
         """The probe passed: warm up if need be, then mark ready; returns the verdict that stands."""
         self.runtime.device = verdict.device
-        if verdict.capabilities is not None:  # only a full check reads /object_info
+        if verdict.capabilities is not None and verdict.capabilities != self.runtime.capabilities:
+            # Only a full check reads /object_info; an unchanged record keeps its object, so the liveness
+            # beat does not serialize and write it again (worker/capabilities.py).
             self.runtime.capabilities = verdict.capabilities
         if not self.ready.is_set():
             # Ready anew means a ComfyUI that may have restarted as another version: learn what it can do

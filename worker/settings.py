@@ -26,6 +26,10 @@ DEFAULT_READY_LOG_INTERVAL_S = 10.0
 DEFAULT_READY_POLL_MIN_S = 0.05
 #: Longest pause between readiness polls, in seconds.
 DEFAULT_READY_POLL_MAX_S = 1.0
+#: How often a ready worker repeats the full readiness check (node classes and model files, the one heavy
+#: /object_info), in seconds: ComfyUI's model lists follow its folders, so a model file copied in or deleted
+#: shows up here, in the capabilities the gateway routes by, and in readiness, within this time.
+DEFAULT_FULL_CHECK_INTERVAL_S = 60.0
 #: Execution deadline of a job that does not ask for one, in seconds.
 DEFAULT_JOB_DEADLINE_S = 1200.0
 #: Largest deadline a producer may ask for, in seconds.
@@ -112,6 +116,7 @@ class WorkerSettings:
     ready_log_interval_s: float = DEFAULT_READY_LOG_INTERVAL_S
     ready_poll_min_s: float = DEFAULT_READY_POLL_MIN_S
     ready_poll_max_s: float = DEFAULT_READY_POLL_MAX_S
+    full_check_interval_s: float = DEFAULT_FULL_CHECK_INTERVAL_S
     job_deadline_s: float = DEFAULT_JOB_DEADLINE_S
     max_job_deadline_s: float = DEFAULT_MAX_JOB_DEADLINE_S
     visibility_timeout_s: float = DEFAULT_VISIBILITY_TIMEOUT_S
@@ -203,6 +208,7 @@ class WorkerSettings:
             require_gpu=env_bool(env, "COMFYUI_REQUIRE_GPU", False),
             ready_timeout_s=env_float(env, "COMFYUI_READY_TIMEOUT_S", DEFAULT_READY_TIMEOUT_S),
             ready_log_interval_s=env_float(env, "COMFYUI_READY_LOG_INTERVAL_S", DEFAULT_READY_LOG_INTERVAL_S),
+            full_check_interval_s=env_float(env, "COMFYUI_FULL_CHECK_INTERVAL_S", DEFAULT_FULL_CHECK_INTERVAL_S),
             job_deadline_s=env_float(env, "DANCE_JOB_DEADLINE_S", DEFAULT_JOB_DEADLINE_S),
             max_job_deadline_s=max_deadline,
             visibility_timeout_s=env_float(env, "DANCE_VISIBILITY_TIMEOUT_S", DEFAULT_VISIBILITY_TIMEOUT_S),

@@ -186,6 +186,29 @@ def test_missing_nodes_and_models_disappear_from_object_info(comfysim: Any) -> N
     assert response.json()["error"]["message"] == "Cannot execute because node WanVideoSamplerv2 does not exist."
 
 
+def test_a_model_file_removed_and_put_back_while_the_server_runs_follows_the_disk(comfysim: Any) -> None:
+    # Given a running server with every model of the dance workflow
+    sim = comfysim()
+
+    def vae_choices() -> list[str]:
+        info = requests.get(f"{sim.url}/object_info", timeout=HTTP_TIMEOUT_S).json()
+        return list(info["WanVideoVAELoader"]["input"]["required"]["model_name"][0])
+
+    assert vae_choices() == ["Wan2.1_VAE.pth"]
+    # When the VAE file goes from its folder, as ComfyUI's mtime-checked model lists see at the next request
+    sim.request("POST", "/__sim__/models", {"missing": ["Wan2.1_VAE.pth"]})
+    # Then /object_info, /models and validation no longer offer it
+    assert vae_choices() == []
+    assert requests.get(f"{sim.url}/models/vae", timeout=HTTP_TIMEOUT_S).json() == []
+    rejected = requests.post(f"{sim.url}/prompt", json={"prompt": bound_workflow(dance_values())},
+                             timeout=HTTP_TIMEOUT_S)
+    assert rejected.status_code == 400
+    # and once it is back, all three offer it again
+    sim.request("POST", "/__sim__/models", {"missing": []})
+    assert vae_choices() == ["Wan2.1_VAE.pth"]
+    assert requests.get(f"{sim.url}/models/vae", timeout=HTTP_TIMEOUT_S).json() == ["Wan2.1_VAE.pth"]
+
+
 @pytest.mark.parametrize(("device", "kind"), [("cpu", "cpu"), ("cuda", "cuda")])
 def test_system_stats_describe_the_simulated_device(comfysim: Any, device: str, kind: str) -> None:
     sim = comfysim(device=device, catalog="core")
