@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -32,15 +31,16 @@ import redis as redis_lib
 
 from producer import keys
 from producer.asset_refs import ASSET_REF_TYPE, asset_ref_id, canonical_id, refs_in
+from producer.asset_spool import Spool, Spooled, file_blake3
 from producer.errors import (
     ASSET_HASH_MISMATCH,
     ASSET_MISSING,
-    ASSET_TOO_LARGE,
     error,
 )
-from worker.storage.base import Hasher, Readable, Storage, file_digest, iter_chunks
+from worker.storage.base import Readable, Storage, iter_chunks
 
-# The references live in asset_refs (a module of their own for size); callers import them from here.
+# The references (asset_refs) and the upload spool (asset_spool) are modules of their own for size;
+# callers import them from here.
 __all__ = [
     "ASSET_REF_TYPE", "ASSET_TTL_S", "AssetRecord", "Spool", "Spooled", "asset_ref_id", "blob_for_hash",
     "blob_index_key", "blob_key", "blob_owners_key", "check_expected_hash", "check_refs", "file_blake3",
@@ -58,8 +58,6 @@ HASH_PREFIX = "blake3:"
 HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 #: Content type of a blob whose uploader named none.
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
-#: Prefix of the temporary files an upload is spooled to.
-SPOOL_PREFIX = "dance-asset-"
 
 
 def record_key(asset_id: str) -> str:
@@ -122,65 +120,6 @@ class AssetRecord:
             owner=str(data.get("owner", "")),
             job_id=None if data.get("job_id") is None else str(data["job_id"]),
         )
-
-
-@dataclass(frozen=True)
-class Spooled:
-    """An upload written to a local temporary file, with the blake3 and size of what was written."""
-
-    path: Path
-    hex_digest: str
-    size_bytes: int
-
-
-class Spool:
-    """A temporary file that hashes and counts what is written to it, refusing more than ``max_bytes``.
-
-    Used as a context manager it deletes the file on the way out, whatever happened, so a failed
-    upload leaves nothing on disk.
-    """
-
-    def __init__(self, *, max_bytes: int | None = None, directory: Path | None = None) -> None:
-        handle, name = tempfile.mkstemp(prefix=SPOOL_PREFIX, dir=directory)
-        self.path = Path(name)
-        self._file = os.fdopen(handle, "wb")
-        self._hash = new_hasher()
-        self._max_bytes = max_bytes
-        self.size_bytes = 0
-
-    def write(self, chunk: bytes) -> None:
-        self.size_bytes += len(chunk)
-        if self._max_bytes is not None and self.size_bytes > self._max_bytes:
-            raise error(ASSET_TOO_LARGE, "the upload is larger than the asset size cap", max_bytes=self._max_bytes)
-        self._hash.update(chunk)
-        self._file.write(chunk)
-
-    def finish(self) -> Spooled:
-        self._file.close()
-        return Spooled(self.path, self._hash.hexdigest(), self.size_bytes)
-
-    def discard(self) -> None:
-        self._file.close()
-        self.path.unlink(missing_ok=True)
-
-    def __enter__(self) -> Spool:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.discard()
-
-
-def new_hasher() -> Hasher:
-    """A blake3 hasher. Imported here, not at the top: a bare producer (celery and redis only) submits
-    workflow jobs, which reads asset records but never hashes bytes, and has no blake3 installed."""
-    from blake3 import blake3
-
-    return blake3()
-
-
-def file_blake3(path: Path) -> tuple[int, str]:
-    """Size in bytes and blake3 (hex) of a file, read in chunks."""
-    return file_digest(path, new_hasher())
 
 
 def parse_hash(value: object) -> str | None:
