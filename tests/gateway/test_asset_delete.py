@@ -16,15 +16,17 @@ import redis as redis_lib
 from blake3 import blake3
 from comfy_sdk import Comfy
 from comfy_sdk.exceptions import NotFound
+from PIL import Image
 
 from gateway.auth import KeyRing, load_keys
 from gateway.openapi import openapi_document
 from producer import asset_blobs, assets
 from producer.errors import DanceError
+from tests.fixtures.workers import Cluster
 from tests.gateway.asset_app import HTTP_TIMEOUT_S, ServedAssets, error_of, pattern, served_assets, upload
 from tests.gateway.conftest import ALICE_KEY, BOB_KEY
 from tests.support.processes import wait_until
-from worker.storage import Storage
+from worker.storage import Storage, open_storage
 from worker.storage.local import LocalStorage
 from worker.storage.s3 import S3Storage, TransferSettings, make_client
 
@@ -32,6 +34,8 @@ from worker.storage.s3 import S3Storage, TransferSettings, make_client
 MAX_UPLOAD_BYTES = 1 << 20
 #: How long a test waits for a step of a race it drives, in seconds.
 STEP_TIMEOUT_S = 30.0
+#: How long a queued job may take to reach its end once its worker starts, in seconds.
+JOB_TIMEOUT_S = 90.0
 ALICE, BOB = "alice", "bob"
 
 
@@ -257,6 +261,34 @@ def test_a_workflow_naming_a_deleted_asset_is_refused_with_asset_missing(
     with pytest.raises(DanceError) as caught:
         assets.check_refs(redis, graph, owner=ALICE)
     assert (caught.value.code, caught.value.details["asset_ids"]) == ("asset.missing", [record.id])
+
+
+def test_a_workflow_job_queued_before_its_asset_was_deleted_fails_on_the_worker_with_asset_missing(
+    cluster: Cluster, comfysim: Any, tmp_path: Path
+) -> None:
+    # Given a workflow job of alice over her asset, queued while no worker runs
+    broker = redis_lib.Redis.from_url(cluster.broker_url)
+    storage = open_storage(cluster.storage_url)
+    path = tmp_path / "in.png"
+    Image.new("RGB", (16, 12), (200, 30, 90)).save(path)
+    record, _ = assets.store_file(broker, storage, path, content_type="image/png", file_path="in.png", owner=ALICE)
+    reference = {"__type": "core/ASSET", "info": {"id": record.id, "file_path": "in.png"}}
+    graph = {"1": {"class_type": "LoadImage", "inputs": {"image": reference}},
+             "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+             "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "inverted"}}}
+    with cluster.client() as client:
+        handle = client.submit_workflow(graph, job_id="wf-deleted-asset", owner=ALICE)
+        # When the asset is deleted, and only then a worker starts and takes the job
+        assert assets.delete(broker, storage, record.id, owner=ALICE)
+        sim = comfysim()
+        cluster.start_worker("w", sim.url, COMFYUI_INPUT_DIR=str(sim.data_dir / "input"),
+                             COMFYUI_OUTPUT_DIR=str(sim.data_dir / "output"))
+        with pytest.raises(DanceError) as ended:
+            handle.result(timeout_s=JOB_TIMEOUT_S)
+    # Then the job fails for good with asset.missing, and ComfyUI ran nothing
+    assert (ended.value.code, ended.value.retryable) == ("asset.missing", False)
+    assert sim.state()["runs"] == [] and not sim.state()["held"]
+    broker.close()
 
 
 def test_the_openapi_document_lists_the_delete_route_with_its_204_and_404() -> None:
