@@ -1,6 +1,6 @@
 """The v2 asset routes: upload (multipart, streamed, blake3-addressed, deduplicated), mint from a hash,
-probe a hash, describe an asset, and serve or redirect to its bytes. (The contract's DELETE is not
-served: the OpenAPI document, gateway/openapi.py, does not list it.)
+probe a hash, describe an asset, serve or redirect to its bytes, and delete it (its blob too when no
+other record names it: producer/assets.py ``delete``).
 
 Every upload is streamed into a temporary file while it is hashed (never held in memory), refused past
 the size cap or on a wrong declared hash before anything is stored, and the temporary file is removed
@@ -126,6 +126,7 @@ def add_asset_routes(app: web.Application) -> None:
     app.router.add_post("/api/v2/assets/from-hash", guarded(mint_from_hash))
     app.router.add_route("HEAD", "/api/v2/assets/by-hash/{hash}", guarded(probe_hash))
     app.router.add_get("/api/v2/assets/{id}", guarded(describe_asset))
+    app.router.add_delete("/api/v2/assets/{id}", guarded(delete_asset))
     app.router.add_get("/api/v2/assets/{id}/content", guarded(asset_content), name=CONTENT_ROUTE)
 
 
@@ -277,3 +278,19 @@ async def asset_content(request: web.Request) -> web.StreamResponse:
         raise error(ASSET_NOT_FOUND, "the asset's bytes are no longer stored", asset_id=record.id) from None
     check_range(request, size_bytes)
     return web.FileResponse(path, headers={hdrs.CONTENT_TYPE: record.content_type, hdrs.CACHE_CONTROL: "private"})
+
+
+async def delete_asset(request: web.Request) -> web.Response:
+    """DELETE /api/v2/assets/{id}: 204 with no body; ``asset.not_found`` (404) as GET answers it.
+
+    The whole delete (the Redis script, the blob's removal from storage, the marker's release) runs in
+    one worker thread: a client that hangs up cancels only the wait for it, never a delete half done.
+    """
+    services = _services(request)
+    asset_id = request.match_info["id"]
+    deleted = await asyncio.to_thread(
+        assets.delete, services.redis, services.storage, asset_id, owner=caller_owner(request),
+    )
+    if not deleted:
+        raise error(ASSET_NOT_FOUND, "no asset with this id exists for the caller", asset_id=asset_id[:80])
+    return web.Response(status=204)

@@ -67,7 +67,11 @@ def _paths() -> dict[str, Any]:
                                                  errors=(404, 422))},
         "/api/v2/assets/by-hash/{hash}": {"head": _op("Whether a blob with this hash is stored", "200",
                                                       errors=(404,), params=(_path("hash"),))},
-        "/api/v2/assets/{id}": {"get": _op("One asset", "200", "Asset", errors=(404,), params=(asset_id,))},
+        "/api/v2/assets/{id}": {
+            "get": _op("One asset", "200", "Asset", errors=(404,), params=(asset_id,)),
+            "delete": _op("Delete an asset (its blob too once no other asset names it)", "204", errors=(404,),
+                          params=(asset_id,)),
+        },
         "/api/v2/assets/{id}/content": {"get": _op("An asset's bytes (Range; S3: a presigned redirect)", "200",
                                                    errors=(404, 416), params=(asset_id,))},
         "/v2/{endpoint}/run": {"post": _op("Queue a dance job (old endpoint)", "200", "RunPodJob",

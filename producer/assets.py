@@ -5,6 +5,8 @@ An *asset* is a record (``dance:asset:<uuid>``) that names a *blob*: immutable b
 stores one blob and mints two records (each with its own owner and file name); the second upload
 answers ``created_new=False``. Records and blob indexes live ``ASSET_TTL_S`` and are refreshed
 whenever an asset or its blob is reused, so a blob's index always outlives the records over it.
+``dance:asset-refs:<64 hex>`` lists the records over a blob (kept like its index): deleting the last
+live one deletes the blob from storage too (``delete``; the scripts are producer/asset_blobs.py).
 
 Blobs are not owned, records are. ``dance:asset-owners:<64 hex>`` lists the owners who have
 shown they hold a blob's bytes (they uploaded them, or a job of theirs wrote them); only they may mint
@@ -12,16 +14,17 @@ a record from the bare hash (``from_hash``) or learn that the blob exists, becau
 several API keys a hash alone must not let one key read another key's bytes.
 
 Writing a blob needs no only-if-absent write: its key is its content's hash, so writers that race for
-a key write the same bytes. The gateway and the workers both use this module; it imports nothing of
+a key write the same bytes; an upload that races a delete of the same bytes puts them back
+(``store_spooled``). The gateway and the workers both use this module; it imports nothing of
 theirs.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
-import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -31,22 +34,36 @@ from typing import Any
 import redis as redis_lib
 
 from producer import keys
+from producer.asset_blobs import (
+    FREED,
+    MISSING,
+    BlobKeys,
+    blob_refs_key,
+    mint_if_held,
+    release_deleting,
+    unlink_record,
+    wait_while_deleting,
+)
 from producer.asset_refs import ASSET_REF_TYPE, asset_ref_id, canonical_id, refs_in
+from producer.asset_spool import Spool, Spooled, file_blake3
 from producer.errors import (
     ASSET_HASH_MISMATCH,
     ASSET_MISSING,
-    ASSET_TOO_LARGE,
+    DanceError,
     error,
 )
-from worker.storage.base import Hasher, Readable, Storage, file_digest, iter_chunks
+from worker.storage.base import Readable, Storage, iter_chunks
 
-# The references live in asset_refs (a module of their own for size); callers import them from here.
+# The references (asset_refs) and the upload spool (asset_spool) are modules of their own for size;
+# callers import them from here.
 __all__ = [
     "ASSET_REF_TYPE", "ASSET_TTL_S", "AssetRecord", "Spool", "Spooled", "asset_ref_id", "blob_for_hash",
-    "blob_index_key", "blob_key", "blob_owners_key", "check_expected_hash", "check_refs", "file_blake3",
-    "from_hash", "load", "load_for", "parse_hash", "record_key", "refs_in", "store_file", "store_spooled",
-    "store_stream", "touch", "visible_to",
+    "blob_index_key", "blob_key", "blob_owners_key", "blob_refs_key", "check_expected_hash", "check_refs",
+    "delete", "file_blake3", "from_hash", "load", "load_for", "parse_hash", "record_key", "refs_in",
+    "store_file", "store_spooled", "store_stream", "touch", "visible_to",
 ]
+
+log = logging.getLogger(__name__)
 
 #: How long asset records and blob indexes live after their last use, in seconds (as long as job keys).
 ASSET_TTL_S = keys.JOB_KEY_TTL_S
@@ -58,8 +75,6 @@ HASH_PREFIX = "blake3:"
 HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 #: Content type of a blob whose uploader named none.
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
-#: Prefix of the temporary files an upload is spooled to.
-SPOOL_PREFIX = "dance-asset-"
 
 
 def record_key(asset_id: str) -> str:
@@ -122,65 +137,6 @@ class AssetRecord:
             owner=str(data.get("owner", "")),
             job_id=None if data.get("job_id") is None else str(data["job_id"]),
         )
-
-
-@dataclass(frozen=True)
-class Spooled:
-    """An upload written to a local temporary file, with the blake3 and size of what was written."""
-
-    path: Path
-    hex_digest: str
-    size_bytes: int
-
-
-class Spool:
-    """A temporary file that hashes and counts what is written to it, refusing more than ``max_bytes``.
-
-    Used as a context manager it deletes the file on the way out, whatever happened, so a failed
-    upload leaves nothing on disk.
-    """
-
-    def __init__(self, *, max_bytes: int | None = None, directory: Path | None = None) -> None:
-        handle, name = tempfile.mkstemp(prefix=SPOOL_PREFIX, dir=directory)
-        self.path = Path(name)
-        self._file = os.fdopen(handle, "wb")
-        self._hash = new_hasher()
-        self._max_bytes = max_bytes
-        self.size_bytes = 0
-
-    def write(self, chunk: bytes) -> None:
-        self.size_bytes += len(chunk)
-        if self._max_bytes is not None and self.size_bytes > self._max_bytes:
-            raise error(ASSET_TOO_LARGE, "the upload is larger than the asset size cap", max_bytes=self._max_bytes)
-        self._hash.update(chunk)
-        self._file.write(chunk)
-
-    def finish(self) -> Spooled:
-        self._file.close()
-        return Spooled(self.path, self._hash.hexdigest(), self.size_bytes)
-
-    def discard(self) -> None:
-        self._file.close()
-        self.path.unlink(missing_ok=True)
-
-    def __enter__(self) -> Spool:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.discard()
-
-
-def new_hasher() -> Hasher:
-    """A blake3 hasher. Imported here, not at the top: a bare producer (celery and redis only) submits
-    workflow jobs, which reads asset records but never hashes bytes, and has no blake3 installed."""
-    from blake3 import blake3
-
-    return blake3()
-
-
-def file_blake3(path: Path) -> tuple[int, str]:
-    """Size in bytes and blake3 (hex) of a file, read in chunks."""
-    return file_digest(path, new_hasher())
 
 
 def parse_hash(value: object) -> str | None:
@@ -254,16 +210,27 @@ def check_refs(redis: redis_lib.Redis, workflow: dict[str, Any], *, owner: str) 
 
 
 # Writing --------------------------------------------------------------------------------------------------
-def _register(
-    redis: redis_lib.Redis, spooled: Spooled, *, content_type: str, file_path: str | None, owner: str,
-    job_id: str | None, ttl_s: int,
+def _new_record(
+    spooled: Spooled, *, content_type: str, file_path: str | None, owner: str, job_id: str | None,
 ) -> AssetRecord:
-    """Mint a record over a stored blob and refresh the blob's index and owners, in one transaction."""
-    record = AssetRecord(
+    return AssetRecord(
         id=str(uuid.uuid4()), hash=HASH_PREFIX + spooled.hex_digest, size_bytes=spooled.size_bytes,
         content_type=content_type, file_path=file_path, created_at=time.time(),
         key=blob_key(spooled.hex_digest), owner=owner, job_id=job_id,
     )
+
+
+def _blob_keys(record: AssetRecord) -> BlobKeys:
+    digest = record.hex_digest
+    return BlobKeys(record_key(record.id), blob_index_key(digest), blob_owners_key(digest), digest)
+
+
+def _register(
+    redis: redis_lib.Redis, spooled: Spooled, *, content_type: str, file_path: str | None, owner: str,
+    job_id: str | None, ttl_s: int,
+) -> AssetRecord:
+    """Mint a record over a stored blob and refresh the blob's index, owners and refs, in one transaction."""
+    record = _new_record(spooled, content_type=content_type, file_path=file_path, owner=owner, job_id=job_id)
     index = json.dumps({"key": record.key, "size_bytes": record.size_bytes, "content_type": content_type})
     pipe = redis.pipeline(transaction=True)
     pipe.set(record_key(record.id), record.to_json(), ex=ttl_s)
@@ -272,6 +239,8 @@ def _register(
     pipe.expire(blob_index_key(spooled.hex_digest), ttl_s)
     pipe.sadd(blob_owners_key(spooled.hex_digest), owner)
     pipe.expire(blob_owners_key(spooled.hex_digest), ttl_s)
+    pipe.sadd(blob_refs_key(spooled.hex_digest), record.id)
+    pipe.expire(blob_refs_key(spooled.hex_digest), ttl_s)
     pipe.execute()
     return record
 
@@ -284,7 +253,8 @@ def store_spooled(
 
     Storage, not the Redis index, decides whether the blob exists: an index that outlived its blob
     (a bucket emptied by hand) must not yield records over nothing. The bool is ``created_new``: two
-    uploads of new bytes that race may both answer True, and both stored the same bytes.
+    uploads of new bytes that race may both answer True, and both stored the same bytes. Storage is
+    asked once more after the record is registered, for a delete of the same bytes that ran beside.
     """
     key = blob_key(spooled.hex_digest)
     created_new = not storage.exists(key)
@@ -293,6 +263,20 @@ def store_spooled(
     record = _register(
         redis, spooled, content_type=content_type, file_path=file_path, owner=owner, job_id=job_id, ttl_s=ttl_s,
     )
+    # A delete of the last record over these bytes may have run beside this upload, and the blob found
+    # or put above may be the one it deletes. Its script ran either after _register's transaction (then
+    # it saw this record in the refs and freed nothing) or before it (then it set the deleting marker
+    # before this look, and removes it only once the blob has left storage). So waiting while the marker
+    # stands and then checking storage once more is enough; the check also covers a delete that ran
+    # whole between the first check and _register, marker already gone.
+    wait_while_deleting(redis, spooled.hex_digest)
+    if not storage.exists(key):
+        try:
+            storage.put_file(key, spooled.path, content_type)
+        except DanceError:
+            delete(redis, storage, record.id, owner=owner)  # no record may outlive a failed upload
+            raise
+        created_new = True
     return record, created_new
 
 
@@ -346,22 +330,55 @@ def from_hash(
 ) -> AssetRecord | None:
     """A new record over a blob ``owner`` has shown it holds, None if there is no such blob for them.
 
-    ``hex_digest`` may be bare hex or ``blake3:<hex>``. The content type defaults to the blob's.
+    ``hex_digest`` may be bare hex or ``blake3:<hex>``. The content type defaults to the blob's. The
+    check and the write are one script, so a delete that frees the blob in between answers None, never
+    a record over bytes that are leaving storage.
     """
     entry = blob_for_hash(redis, hex_digest, owner=owner)
     digest = parse_hash(hex_digest)
     if entry is None or digest is None:
         return None
-    spooled = Spooled(Path(os.devnull), digest, int(entry["size_bytes"]))
-    return _register(
-        redis, spooled, content_type=content_type or str(entry.get("content_type") or DEFAULT_CONTENT_TYPE),
-        file_path=file_path, owner=owner, job_id=None, ttl_s=ttl_s,
+    record = _new_record(
+        Spooled(Path(os.devnull), digest, int(entry["size_bytes"])),
+        content_type=content_type or str(entry.get("content_type") or DEFAULT_CONTENT_TYPE),
+        file_path=file_path, owner=owner, job_id=None,
     )
+    minted = mint_if_held(
+        redis, _blob_keys(record), owner=owner, asset_id=record.id, record_json=record.to_json(), ttl_s=ttl_s,
+    )
+    return record if minted else None
 
 
 def touch(redis: redis_lib.Redis, record: AssetRecord, *, ttl_s: int = ASSET_TTL_S) -> None:
-    """Refresh the TTL of an asset in use (a job references it) and of its blob's index and owners."""
+    """Refresh the TTL of an asset in use (a job references it) and of its blob's index, owners and refs."""
+    names = _blob_keys(record)
     pipe = redis.pipeline(transaction=True)
-    for key in (record_key(record.id), blob_index_key(record.hex_digest), blob_owners_key(record.hex_digest)):
+    for key in (names.record, names.index, names.owners, names.refs):
         pipe.expire(key, ttl_s)
     pipe.execute()
+
+
+def delete(redis: redis_lib.Redis, storage: Storage, asset_id: str, *, owner: str) -> bool:
+    """Delete ``owner``'s asset; False if they have none with this id (another owner's included).
+
+    When it was the last live record over its blob, the blob leaves storage too. A storage that fails
+    then is logged, not raised: the record is gone either way (a retry would answer not found), and
+    the bytes left behind are an orphan that a later upload of the same bytes simply reuses.
+    """
+    record = load_for(redis, asset_id, owner)
+    if record is None:
+        return False
+    outcome, token = unlink_record(
+        redis, _blob_keys(record), owner=owner, asset_id=record.id, hash_value=record.hash,
+        record_prefix=record_key(""),
+    )
+    if outcome == MISSING:
+        return False  # a concurrent delete of the same asset won, or it expired since the load
+    if outcome == FREED:
+        try:
+            storage.delete(record.key)
+        except DanceError as exc:
+            log.warning("asset %s: its blob %s stays in storage: %s", record.id, record.key, exc.code)
+        finally:
+            release_deleting(redis, record.hex_digest, token)
+    return True

@@ -1,5 +1,6 @@
 """A private app that serves only the asset routes, over real Redis and real storage, on a loopback
-port in a thread of its own; the tests talk to it over HTTP like any client."""
+port in a thread of its own; the tests talk to it over HTTP like any client. Given a key ring it
+authenticates every request with it, as the gateway's auth middleware does, so that callers are owners."""
 
 from __future__ import annotations
 
@@ -13,8 +14,13 @@ from typing import Any
 import httpx
 import redis as redis_lib
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
+from gateway.asset_http import Handler, envelope
 from gateway.asset_routes import ASSET_SERVICES, AssetServices, add_asset_routes
+from gateway.auth import KeyRing
+from gateway.context import PRINCIPAL
+from producer.errors import DanceError
 from tests.support.processes import free_port
 from worker.storage import Storage
 
@@ -26,9 +32,25 @@ SHUTDOWN_TIMEOUT_S = 2.0
 HTTP_TIMEOUT_S = 30.0
 
 
-def asset_app(redis: redis_lib.Redis, storage: Storage, *, spool_dir: Path, max_upload_bytes: int) -> web.Application:
-    """An app of only the asset routes, over the given Redis and storage."""
-    app = web.Application()
+def keyed(keys: KeyRing) -> Middleware:
+    """A middleware that puts the principal of the request's bearer key on it (401 envelope for none)."""
+
+    @web.middleware
+    async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            request[PRINCIPAL] = keys.authenticate(request.headers.get("Authorization"))
+        except DanceError as exc:
+            return envelope(exc)
+        return await handler(request)
+
+    return authenticate
+
+
+def asset_app(
+    redis: redis_lib.Redis, storage: Storage, *, spool_dir: Path, max_upload_bytes: int, keys: KeyRing | None = None,
+) -> web.Application:
+    """An app of only the asset routes, over the given Redis and storage, keyed by ``keys`` if given."""
+    app = web.Application(middlewares=[] if keys is None else [keyed(keys)])
     app[ASSET_SERVICES] = AssetServices(redis, storage, max_upload_bytes=max_upload_bytes, spool_dir=spool_dir)
     add_asset_routes(app)
     return app
@@ -67,13 +89,14 @@ class ServedAssets:
 
 @contextmanager
 def served_assets(
-    redis: redis_lib.Redis, storage: Storage, tmp_path: Path, *, max_upload_bytes: int,
+    redis: redis_lib.Redis, storage: Storage, tmp_path: Path, *, max_upload_bytes: int, keys: KeyRing | None = None,
 ) -> Iterator[ServedAssets]:
     """The asset routes over ``redis`` and ``storage`` served for the ``with`` block, spooling to tmp_path/spool."""
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir()
     served = ServedAssets(
-        asset_app(redis, storage, spool_dir=spool_dir, max_upload_bytes=max_upload_bytes), spool_dir=spool_dir,
+        asset_app(redis, storage, spool_dir=spool_dir, max_upload_bytes=max_upload_bytes, keys=keys),
+        spool_dir=spool_dir,
     ).start()
     try:
         yield served
@@ -87,10 +110,11 @@ def pattern(total_bytes: int) -> bytes:
 
 
 def upload(base_url: str, data: bytes, *, fields: dict[str, str] | None = None, filename: str = "a.png",
-           part_type: str = "image/png") -> httpx.Response:
+           part_type: str = "image/png", headers: dict[str, str] | None = None) -> httpx.Response:
     form = {"content_type": part_type, "file_path": filename, **(fields or {})}
     return httpx.post(
         f"{base_url}/api/v2/assets", data=form, files={"file": (filename, data, part_type)}, timeout=HTTP_TIMEOUT_S,
+        headers=headers,
     )
 
 

@@ -77,6 +77,10 @@ class Storage(Protocol):
         """The object's body; ``storage.not_found`` if absent, ``storage.too_large`` over ``max_bytes``."""
         ...
 
+    def delete(self, key: str) -> None:
+        """Delete the one object under ``key``; nothing happens if there is none (a retry is harmless)."""
+        ...
+
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object under the folder ``prefix/``; returns how many went."""
         ...

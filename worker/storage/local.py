@@ -125,6 +125,11 @@ class LocalStorage:
             raise error(STORAGE_TOO_LARGE, "the stored object is too large", key=key, max_bytes=max_bytes)
         return data
 
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        with _storage_errors(key):
+            path.unlink(missing_ok=True)
+
     def delete_prefix(self, prefix: str) -> int:
         folder = self._path(clean_prefix(prefix))
         if not folder.is_dir():

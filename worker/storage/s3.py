@@ -217,6 +217,14 @@ class S3Storage:
             raise error(STORAGE_TOO_LARGE, "the stored object is larger than allowed", key=full)
         return data
 
+    def delete(self, key: str) -> None:
+        full = self._full(key)
+        try:
+            # DeleteObject answers 204 whether or not the key existed, so a repeat needs no HEAD first.
+            self._client.delete_object(Bucket=self.bucket, Key=full)
+        except S3_ERRORS as exc:
+            raise storage_error(exc, "delete", bucket=self.bucket, key=full) from exc
+
     def delete_prefix(self, prefix: str) -> int:
         folder = self._full(clean_prefix(prefix)) + "/"
         deleted = 0

@@ -1,0 +1,147 @@
+"""Reference counting of blobs: which records name a blob, and the Redis scripts that mint and drop records
+atomically against each other (used by producer/assets.py; a module of its own for size).
+
+``dance:asset-refs:<hex>`` is the set of the ids of the records over a blob. It is written in the same
+transaction that mints a record and lives as long as the blob's index. Deleting a record is one Lua
+script, so no other Redis command runs between its look at the refs and its decision: it drops the
+record, forgets ids whose record already expired, and when no live record is left it deletes the blob's
+index, owners and refs and sets ``dance:asset-blob-deleting:<hex>`` (a token with a TTL) before the
+caller deletes the blob from storage. Minting from a bare hash is a script too, so it never adds a
+record to a blob whose index a delete has just removed.
+
+The scripts read other records by a key built inside Lua (the record prefix is an argument), which a
+Redis Cluster would refuse; the cluster runs on one Redis (or Sentinel), where every key is local.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+import redis as redis_lib
+
+from producer import keys
+
+#: How long a deleting marker lives, in seconds: the most that an upload of the same bytes waits for a
+#: delete whose gateway died between freeing the blob in Redis and deleting it from storage.
+DELETING_TTL_S = 300
+#: How often an upload polls for a deleting marker to go, in seconds (a storage delete takes milliseconds).
+DELETING_POLL_S = 0.05
+#: What the delete script answers: no record the owner may delete, a record dropped, the blob freed.
+MISSING, DROPPED, FREED = "missing", "dropped", "freed"
+
+# KEYS: record, refs, owners, index, deleting. ARGV: owner, asset id, blake3 hash, token, marker TTL (s),
+# record key prefix. A record that is not in the refs set predates reference counting: its blob may have
+# other records the set never saw, so such a delete drops the record and frees nothing.
+_DELETE = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 'missing' end
+local record = cjson.decode(raw)
+if record['owner'] ~= ARGV[1] or record['hash'] ~= ARGV[3] then return 'missing' end
+redis.call('DEL', KEYS[1])
+if redis.call('SREM', KEYS[2], ARGV[2]) == 0 then return 'dropped' end
+local live, owner_has_one = 0, false
+for _, member in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  local other = redis.call('GET', ARGV[6] .. member)
+  if not other then
+    redis.call('SREM', KEYS[2], member)
+  else
+    live = live + 1
+    if cjson.decode(other)['owner'] == ARGV[1] then owner_has_one = true end
+  end
+end
+if live == 0 then
+  redis.call('DEL', KEYS[4], KEYS[3], KEYS[2])
+  redis.call('SET', KEYS[5], ARGV[4], 'EX', ARGV[5])
+  return 'freed'
+end
+if not owner_has_one then redis.call('SREM', KEYS[3], ARGV[1]) end
+return 'dropped'
+"""
+
+# KEYS: index, owners, refs, record. ARGV: owner, asset id, record JSON, TTL (s). 1 if minted, 0 if the
+# blob's index is gone (never stored, expired, or freed by a delete) or the owner has not shown it holds it.
+_MINT_IF_HELD = """
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return 0 end
+redis.call('SET', KEYS[4], ARGV[3], 'EX', ARGV[4])
+redis.call('SADD', KEYS[3], ARGV[2])
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[4]) end
+return 1
+"""
+
+# KEYS: deleting. ARGV: token. Deletes the marker only if it is still this delete's.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def blob_refs_key(hex_digest: str) -> str:
+    """Redis set of the ids of the records over a blob."""
+    return f"{keys.PREFIX}:asset-refs:{hex_digest}"
+
+
+def blob_deleting_key(hex_digest: str) -> str:
+    """Redis key set while a freed blob is being deleted from storage (holds the deleting gateway's token)."""
+    return f"{keys.PREFIX}:asset-blob-deleting:{hex_digest}"
+
+
+@dataclass(frozen=True)
+class BlobKeys:
+    """The Redis keys of one record and of the blob it names."""
+
+    record: str
+    index: str
+    owners: str
+    hex_digest: str
+
+    @property
+    def refs(self) -> str:
+        return blob_refs_key(self.hex_digest)
+
+    @property
+    def deleting(self) -> str:
+        return blob_deleting_key(self.hex_digest)
+
+
+def unlink_record(
+    redis: redis_lib.Redis, names: BlobKeys, *, owner: str, asset_id: str, hash_value: str, record_prefix: str,
+) -> tuple[str, str]:
+    """Drop ``owner``'s record atomically: (MISSING, ""), (DROPPED, "") or (FREED, the marker's token).
+
+    After FREED the caller deletes the blob from storage and then calls :func:`release_deleting`.
+    """
+    token = uuid.uuid4().hex
+    outcome = redis.register_script(_DELETE)(
+        keys=[names.record, names.refs, names.owners, names.index, names.deleting],
+        args=[owner, asset_id, hash_value, token, DELETING_TTL_S, record_prefix],
+    )
+    text = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
+    return text, token if text == FREED else ""
+
+
+def mint_if_held(redis: redis_lib.Redis, names: BlobKeys, *, owner: str, asset_id: str, record_json: str,
+                 ttl_s: int) -> bool:
+    """Write a record over a blob if its index exists and ``owner`` is among its owners, atomically."""
+    minted = redis.register_script(_MINT_IF_HELD)(
+        keys=[names.index, names.owners, names.refs, names.record], args=[owner, asset_id, record_json, ttl_s],
+    )
+    return bool(minted)
+
+
+def release_deleting(redis: redis_lib.Redis, hex_digest: str, token: str) -> None:
+    """Delete the blob's deleting marker if it still holds ``token`` (a later delete may have set its own)."""
+    redis.register_script(_RELEASE)(keys=[blob_deleting_key(hex_digest)], args=[token])
+
+
+def wait_while_deleting(redis: redis_lib.Redis, hex_digest: str, *, timeout_s: float = DELETING_TTL_S) -> None:
+    """Block until no delete of the blob is in progress, at most ``timeout_s`` (one EXISTS when none is).
+
+    The bound is the marker's own TTL: a marker outlives its delete only when the deleting gateway died,
+    and then it expires by itself.
+    """
+    key = blob_deleting_key(hex_digest)
+    deadline = time.monotonic() + timeout_s
+    while redis.exists(key) and time.monotonic() < deadline:
+        time.sleep(DELETING_POLL_S)
