@@ -75,7 +75,8 @@ class GatewayContext:
 
 
 CONTEXT: web.AppKey[GatewayContext] = web.AppKey("gateway", GatewayContext)
-PRINCIPAL = "gateway.principal"
+#: The caller's principal, put on each request by the auth middleware (None on the public routes).
+PRINCIPAL: web.RequestKey[Principal | None] = web.RequestKey("gateway.principal")
 
 
 def context_of(request: web.Request) -> GatewayContext:
@@ -83,7 +84,9 @@ def context_of(request: web.Request) -> GatewayContext:
 
 
 def principal_of(request: web.Request) -> Principal:
-    principal: Principal = request[PRINCIPAL]
+    principal = request[PRINCIPAL]
+    if principal is None:  # a public route asked for a principal it never has: a bug, not a client's fault
+        raise RuntimeError(f"{request.path} has no principal")
     return principal
 
 
