@@ -7,11 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import cast
 
+import pytest
 import redis as redis_lib
 
 from gateway.asset_routes import AssetServices
 from gateway.asset_sweeper import SWEEP_LOCK_KEY, sweep_if_free
+from gateway.settings import GatewaySettings
 from producer import assets
+from producer.errors import DanceError
 from tests.fixtures.workers import Cluster
 from tests.gateway.conftest import StartGateway
 from tests.support.processes import wait_until
@@ -102,3 +105,15 @@ def test_a_sweep_under_the_lock_takes_it_and_releases_only_its_own_token(
     assert redis.get(SWEEP_LOCK_KEY) == b"the-next-gateway"
     # and a second sweep, the lock now held by another, does nothing
     assert sweep_if_free(services) is None
+
+
+def test_the_sweep_interval_defaults_to_an_hour_may_be_turned_off_and_is_never_negative() -> None:
+    # Given the gateway's settings from environments that leave the interval alone, turn it off or make it negative
+    default = GatewaySettings.from_env({})
+    off = GatewaySettings.from_env({"DANCE_GATEWAY_SWEEP_INTERVAL_S": "0"})
+    # Then the default is an hour and 0 is off, while a negative interval is refused as a setting
+    assert (default.sweep_interval_s, off.sweep_interval_s) == (3600.0, 0.0)
+    with pytest.raises(DanceError) as refused:
+        GatewaySettings.from_env({"DANCE_GATEWAY_SWEEP_INTERVAL_S": "-5"})
+    assert refused.value.code == "config.invalid"
+    assert refused.value.details["variable"] == "DANCE_GATEWAY_SWEEP_INTERVAL_S"
