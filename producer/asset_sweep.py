@@ -80,10 +80,11 @@ def _blobs(listing: Iterable[ListedKey]) -> Iterator[tuple[str, ListedKey]]:
 
 def sweep(
     redis: redis_lib.Redis, storage: Storage, *, batch_blobs: int = SWEEP_BATCH_BLOBS,
-    should_stop: Callable[[], bool] = lambda: False,
+    marker_budget_s: float = MARKER_BUDGET_S, should_stop: Callable[[], bool] = lambda: False,
 ) -> SweepReport:
     """Delete from storage every blob that no live record and no blob index names; the listing streams.
 
+    A batch deletes blobs for at most ``marker_budget_s`` after its decision; the rest are deferred.
     ``should_stop`` is asked before each batch (a gateway shutting down ends its sweep there, leaving no
     marker standing). A storage failure while deleting releases the batch's markers and raises
     (``storage.*``): the blobs not yet deleted are simply found again by the next sweep.
@@ -91,13 +92,14 @@ def sweep(
     report = SweepReport()
     blobs = _blobs(storage.list_keys(BLOB_FOLDER))
     while not should_stop() and (batch := list(itertools.islice(blobs, batch_blobs))):
-        _sweep_batch(redis, storage, batch, report)
+        _sweep_batch(redis, storage, batch, report, marker_budget_s)
     log.info("asset sweep: %s", report.as_dict())
     return report
 
 
 def _sweep_batch(
     redis: redis_lib.Redis, storage: Storage, batch: list[tuple[str, ListedKey]], report: SweepReport,
+    marker_budget_s: float,
 ) -> None:
     decided_at = time.monotonic()
     answers = sweep_decisions(
@@ -110,7 +112,7 @@ def _sweep_batch(
     marked = [(digest, listed, token) for (digest, listed), (outcome, token) in zip(batch, answers, strict=True)
               if outcome == SWEEP]
     for position, (digest, listed, token) in enumerate(marked):
-        if time.monotonic() - decided_at > MARKER_BUDGET_S:
+        if time.monotonic() - decided_at > marker_budget_s:
             report.deferred += len(marked) - position
             _release_all(redis, marked[position:])
             return

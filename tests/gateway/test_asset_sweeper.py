@@ -13,6 +13,7 @@ import redis as redis_lib
 from gateway.asset_routes import AssetServices
 from gateway.asset_sweeper import SWEEP_LOCK_KEY, sweep_if_free
 from gateway.settings import GatewaySettings
+from harness.seaweed import S3Server
 from producer import assets
 from producer.errors import DanceError
 from tests.fixtures.workers import Cluster
@@ -117,3 +118,16 @@ def test_the_sweep_interval_defaults_to_an_hour_may_be_turned_off_and_is_never_n
         GatewaySettings.from_env({"DANCE_GATEWAY_SWEEP_INTERVAL_S": "-5"})
     assert refused.value.code == "config.invalid"
     assert refused.value.details["variable"] == "DANCE_GATEWAY_SWEEP_INTERVAL_S"
+
+
+def test_a_gateway_whose_sweep_fails_logs_the_code_keeps_serving_and_tries_again(
+    start_gateway: StartGateway, s3_env: S3Server
+) -> None:
+    # Given a gateway sweeping every second over an S3 bucket that does not exist
+    gateway = start_gateway(DANCE_GATEWAY_SWEEP_INTERVAL_S="1", DANCE_STORAGE_URL="s3://no-such-bucket-here/assets")
+    # When its sweeps run, Then each failure is logged with the storage error's code, twice over (it tries again)
+    wait_until(lambda: gateway.process.log().count("asset sweep failed (storage.") >= 2, SWEEP_TIMEOUT_S,
+               "two failed sweeps to be logged")
+    # and the gateway still answers
+    assert gateway.call("GET", "/api/v2/health", key=None).status_code == 200
+    assert gateway.process.poll() is None

@@ -11,12 +11,14 @@ import threading
 from pathlib import Path
 from typing import cast
 
+import pytest
 import redis as redis_lib
 from blake3 import blake3
 
 from producer import asset_blobs, assets
 from producer.asset_sweep import SweepReport, sweep
 from producer.cli_support import EXIT_BROKER, EXIT_OK
+from producer.errors import STORAGE_UNAVAILABLE, DanceError, error
 from tests.support.processes import free_port, wait_until
 from worker.storage import Storage
 from worker.storage.base import StoredObject
@@ -288,3 +290,47 @@ def test_dance_assets_sweep_with_the_broker_down_exits_with_the_broker_code_and_
     assert done.returncode == EXIT_BROKER, done.stderr
     assert json.loads(done.stdout)["error"]["code"] == "broker.unreachable"
     assert folder_storage.exists(assets.blob_key("ab" * 32))
+
+
+class FailsToDelete:
+    """The test's real storage, whose deletes fail as an S3 outage would; every other call goes through."""
+
+    def __init__(self, inner: Storage) -> None:
+        self._inner = inner
+
+    def delete(self, key: str) -> None:
+        raise error(STORAGE_UNAVAILABLE, "storage is down for this test", key=key)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+
+def test_a_storage_that_fails_to_delete_fails_the_sweep_and_leaves_no_marker_for_the_next_one(
+    redis: redis_lib.Redis, storage: Storage, tmp_path: Path
+) -> None:
+    # Given an expired blob, and a storage whose deletes fail
+    data = pattern(2_200, seed=40)
+    hex_digest = expired_blob(redis, storage, tmp_path, data)
+    # When the sweep runs
+    with pytest.raises(DanceError) as failed:
+        sweep(redis, cast(Storage, FailsToDelete(storage)))
+    # Then it raises the storage's error, the blob is still stored and its marker is released
+    assert failed.value.code == "storage.unavailable"
+    assert storage.exists(assets.blob_key(hex_digest))
+    assert not redis.exists(asset_blobs.blob_deleting_key(hex_digest))
+    # and the next sweep, storage healed, frees it
+    assert sweep(redis, storage) == SweepReport(looked_at=1, swept=1, bytes_freed=len(data))
+
+
+def test_blobs_a_batch_has_no_time_left_to_delete_are_deferred_with_their_markers_released(
+    redis: redis_lib.Redis, folder_storage: Storage, tmp_path: Path
+) -> None:
+    # Given two expired blobs
+    digests = [expired_blob(redis, folder_storage, tmp_path, pattern(1_500, seed=seed)) for seed in (41, 42)]
+    # When a sweep runs whose batch may delete for no time at all after its decision
+    report = sweep(redis, folder_storage, marker_budget_s=0.0)
+    # Then both blobs were found unheld but deferred: still stored, no marker left standing
+    assert report == SweepReport(looked_at=2, deferred=2)
+    for digest in digests:
+        assert folder_storage.exists(assets.blob_key(digest))
+        assert not redis.exists(asset_blobs.blob_deleting_key(digest))
