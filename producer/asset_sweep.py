@@ -61,7 +61,8 @@ class SweepReport:
     busy: int = 0
     #: Blobs nothing held that left storage.
     swept: int = 0
-    #: Blobs nothing held that stay for the next sweep: their batch ran out of ``MARKER_BUDGET_S``.
+    #: Blobs nothing held that stay for the next sweep: their batch ran out of ``MARKER_BUDGET_S`` (or
+    #: the sweep was asked to stop).
     deferred: int = 0
     #: Bytes of the swept blobs, as the listing gave their sizes.
     bytes_freed: int = 0
@@ -84,22 +85,26 @@ def sweep(
 ) -> SweepReport:
     """Delete from storage every blob that no live record and no blob index names; the listing streams.
 
-    A batch deletes blobs for at most ``marker_budget_s`` after its decision; the rest are deferred.
-    ``should_stop`` is asked before each batch (a gateway shutting down ends its sweep there, leaving no
-    marker standing). A storage failure while deleting releases the batch's markers and raises
-    (``storage.*``): the blobs not yet deleted are simply found again by the next sweep.
+    A batch deletes blobs for at most ``marker_budget_s`` after its decision, and ``should_stop`` is
+    asked before each delete (a gateway shutting down stops after at most one); the blobs left are
+    deferred, their markers released. A storage failure while deleting releases the batch's markers and
+    raises (``storage.*``): the blobs not yet deleted are simply found again by the next sweep.
     """
+
+    def out_of_time(elapsed_s: float) -> bool:
+        return should_stop() or elapsed_s > marker_budget_s
+
     report = SweepReport()
     blobs = _blobs(storage.list_keys(BLOB_FOLDER))
     while not should_stop() and (batch := list(itertools.islice(blobs, batch_blobs))):
-        _sweep_batch(redis, storage, batch, report, marker_budget_s)
+        _sweep_batch(redis, storage, batch, report, out_of_time)
     log.info("asset sweep: %s", report.as_dict())
     return report
 
 
 def _sweep_batch(
     redis: redis_lib.Redis, storage: Storage, batch: list[tuple[str, ListedKey]], report: SweepReport,
-    marker_budget_s: float,
+    out_of_time: Callable[[float], bool],
 ) -> None:
     decided_at = time.monotonic()
     answers = sweep_decisions(
@@ -112,7 +117,7 @@ def _sweep_batch(
     marked = [(digest, listed, token) for (digest, listed), (outcome, token) in zip(batch, answers, strict=True)
               if outcome == SWEEP]
     for position, (digest, listed, token) in enumerate(marked):
-        if time.monotonic() - decided_at > marker_budget_s:
+        if out_of_time(time.monotonic() - decided_at):
             report.deferred += len(marked) - position
             _release_all(redis, marked[position:])
             return

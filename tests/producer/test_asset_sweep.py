@@ -334,3 +334,17 @@ def test_blobs_a_batch_has_no_time_left_to_delete_are_deferred_with_their_marker
     for digest in digests:
         assert folder_storage.exists(assets.blob_key(digest))
         assert not redis.exists(asset_blobs.blob_deleting_key(digest))
+
+
+def test_a_sweep_asked_to_stop_stops_before_its_next_delete_and_leaves_no_marker(
+    redis: redis_lib.Redis, folder_storage: Storage, tmp_path: Path
+) -> None:
+    # Given three expired blobs, and a sweep that is asked to stop once it has deleted one
+    digests = [expired_blob(redis, folder_storage, tmp_path, pattern(1_200, seed=seed)) for seed in (50, 51, 52)]
+    answers = iter([False, False])  # go on: before the batch, before the first delete; then stop
+    # When the sweep runs
+    report = sweep(redis, folder_storage, should_stop=lambda: next(answers, True))
+    # Then one blob went, the other two stay deferred with their markers released
+    assert report == SweepReport(looked_at=3, swept=1, deferred=2, bytes_freed=1_200)
+    assert len([digest for digest in digests if folder_storage.exists(assets.blob_key(digest))]) == 2
+    assert not any(redis.exists(asset_blobs.blob_deleting_key(digest)) for digest in digests)

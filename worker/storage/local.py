@@ -145,9 +145,7 @@ class LocalStorage:
         folder = self._path(clean_prefix(prefix))
         pending = [folder]
         while pending:
-            with _storage_errors(prefix):
-                entries = _scan(pending.pop())
-            for entry in entries:
+            for entry in _scan(pending.pop(), prefix):
                 # Symlinks are neither followed nor listed: nothing this storage writes is one.
                 if entry.is_dir(follow_symlinks=False):
                     pending.append(Path(entry.path))
@@ -202,18 +200,16 @@ class LocalStorage:
             raise error(STORAGE_FORBIDDEN, "the storage folder is not writable", root=str(self.root))
 
 
-def _scan(folder: Path) -> Iterator[os.DirEntry[str]]:
-    """The entries of ``folder`` one at a time (none if it does not exist), closing the scan when done."""
-    try:
-        scanner = os.scandir(folder)
-    except (FileNotFoundError, NotADirectoryError):
-        return iter(())
-
-    def entries() -> Iterator[os.DirEntry[str]]:
+def _scan(folder: Path, prefix: str) -> Iterator[os.DirEntry[str]]:
+    """The entries of ``folder`` one at a time (none if it does not exist), closing the scan when done; a
+    folder that fails to be read is a storage error."""
+    with _storage_errors(prefix):
+        try:
+            scanner = os.scandir(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            return
         with scanner:
             yield from scanner
-
-    return entries()
 
 
 def _is_partial(name: str) -> bool:
