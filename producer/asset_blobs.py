@@ -83,9 +83,9 @@ return 1
 # KEYS: index, refs, owners, deleting. ARGV: token, marker TTL (s), record key prefix. The index is
 # looked at first: every upload writes it in the transaction that mints its record, so an index that
 # stands means a record was minted since the blob's last one expired (or one lives). The refs are then
-# looked through as the delete script does, for a record whose index is gone (none is written so today:
-# a record and its blob's index share one TTL, refreshed together). Owners and refs of a blob without
-# an index name only records that expired, so they go with it.
+# looked through as the delete script does, for a live record whose blob's index is gone (the index's
+# TTL is only ever lengthened, so only an index lost by hand leaves one). With no live record left, the
+# owners and refs name only records that expired, so they go with the blob.
 _SWEEP = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 'kept' end
 if redis.call('EXISTS', KEYS[4]) == 1 then return 'busy' end
