@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 from gateway.asset_routes import add_asset_routes
+from gateway.asset_sweeper import add_asset_sweeper
 from gateway.auth import KeyRing, check_bind, load_keys
 from gateway.context import CONTEXT, PRINCIPAL, GatewayContext, context_of, subscriber_for
 from gateway.envelope import Handler, make_error_middleware
@@ -68,6 +69,7 @@ def make_app(settings: GatewaySettings, keys: KeyRing | None = None) -> web.Appl
     add_jobs_routes(app, job_events)
     add_runpod_routes(app)
     add_asset_routes(app)
+    add_asset_sweeper(app, settings.sweep_interval_s, app[CONTEXT].call)
     return app
 
 

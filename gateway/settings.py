@@ -35,6 +35,8 @@ DEFAULT_LIST_LIMIT = 20
 MAX_LIST_LIMIT = 100
 #: Largest asset one upload may carry, in bytes (2 GiB); uploads stream, so this bounds storage, not memory.
 DEFAULT_MAX_ASSET_BYTES = 2 << 30
+#: Seconds between two sweeps of blobs whose every asset expired (gateway/asset_sweeper.py); 0: no sweep.
+DEFAULT_SWEEP_INTERVAL_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,9 @@ class GatewaySettings:
     spool_dir: Path | None = None
     #: Lifetime of the presigned URLs of S3 assets, in seconds (DANCE_PRESIGN_EXPIRES_S, as the workers read it).
     presign_expires_s: int = DEFAULT_PRESIGN_EXPIRES_S
+    #: Seconds between two sweeps of expired assets' blobs (DANCE_GATEWAY_SWEEP_INTERVAL_S); 0: this gateway
+    #: never sweeps.
+    sweep_interval_s: float = DEFAULT_SWEEP_INTERVAL_S
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewaySettings:
@@ -85,6 +90,7 @@ class GatewaySettings:
             max_asset_bytes=env_int(env, "DANCE_GATEWAY_MAX_ASSET_BYTES", DEFAULT_MAX_ASSET_BYTES),
             spool_dir=Path(spool_dir) if spool_dir else None,
             presign_expires_s=env_int(env, "DANCE_PRESIGN_EXPIRES_S", DEFAULT_PRESIGN_EXPIRES_S),
+            sweep_interval_s=env_float(env, "DANCE_GATEWAY_SWEEP_INTERVAL_S", DEFAULT_SWEEP_INTERVAL_S),
         )
         settings.check()
         return settings
@@ -104,6 +110,9 @@ class GatewaySettings:
                               ("DANCE_GATEWAY_SSE_POLL_INTERVAL_S", self.sse_poll_interval_s)):
             if seconds <= 0:
                 raise error(CONFIG_INVALID, f"{name} must be above 0 seconds, not {seconds}", variable=name)
+        if self.sweep_interval_s < 0:
+            raise error(CONFIG_INVALID, "DANCE_GATEWAY_SWEEP_INTERVAL_S must be 0 (no sweep) or more seconds",
+                        variable="DANCE_GATEWAY_SWEEP_INTERVAL_S")
 
     def queue_for_endpoint(self, endpoint: str) -> str | None:
         return dict(self.endpoint_queues).get(endpoint)

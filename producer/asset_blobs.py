@@ -7,7 +7,8 @@ script, so no other Redis command runs between its look at the refs and its deci
 record, forgets ids whose record already expired, and when no live record is left it deletes the blob's
 index, owners and refs and sets ``dance:asset-blob-deleting:<hex>`` (a token with a TTL) before the
 caller deletes the blob from storage. Minting from a bare hash is a script too, so it never adds a
-record to a blob whose index a delete has just removed.
+record to a blob whose index a delete has just removed. The sweep (producer/asset_sweep.py) frees a
+blob whose records all expired the same way, by a script that sets the same marker.
 
 The scripts read other records by a key built inside Lua (the record prefix is an argument), which a
 Redis Cluster would refuse; the cluster runs on one Redis (or Sentinel), where every key is local.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis as redis_lib
@@ -30,6 +32,9 @@ DELETING_TTL_S = 300
 DELETING_POLL_S = 0.05
 #: What the delete script answers: no record the owner may delete, a record dropped, the blob freed.
 MISSING, DROPPED, FREED = "missing", "dropped", "freed"
+#: What the sweep script answers: a live index or record keeps the blob, a delete is already under way,
+#: the blob is freed (marked) for the sweep to delete from storage.
+KEPT, BUSY, SWEEP = "kept", "busy", "sweep"
 
 # KEYS: record, refs, owners, index, deleting. ARGV: owner, asset id, blake3 hash, token, marker TTL (s),
 # record key prefix. A record that is not in the refs set predates reference counting: its blob may have
@@ -62,15 +67,39 @@ return 'dropped'
 
 # KEYS: index, owners, refs, record. ARGV: owner, asset id, record JSON, TTL (s). 1 if minted, 0 if the
 # blob's index is gone (never stored, expired, or freed by a delete) or the owner has not shown it holds it.
+# The blob's keys are only ever lengthened (NX gives a new set its TTL, GT never shortens one), as in
+# assets._extend: the index must outlive every record over the blob.
 _MINT_IF_HELD = """
 if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 0 then return 0 end
 redis.call('SET', KEYS[4], ARGV[3], 'EX', ARGV[4])
 redis.call('SADD', KEYS[3], ARGV[2])
-for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[4]) end
+for i = 1, 3 do
+  redis.call('EXPIRE', KEYS[i], ARGV[4], 'NX')
+  redis.call('EXPIRE', KEYS[i], ARGV[4], 'GT')
+end
 return 1
 """
 
-# KEYS: deleting. ARGV: token. Deletes the marker only if it is still this delete's.
+# KEYS: index, refs, owners, deleting. ARGV: token, marker TTL (s), record key prefix. The index is
+# looked at first: every upload writes it in the transaction that mints its record, so an index that
+# stands means a record was minted since the blob's last one expired (or one lives). The refs are then
+# looked through as the delete script does, for a live record whose blob's index is gone (the index's
+# TTL is only ever lengthened, so only an index lost by hand leaves one). With no live record left, the
+# owners and refs name only records that expired, so they go with the blob.
+_SWEEP = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 'kept' end
+if redis.call('EXISTS', KEYS[4]) == 1 then return 'busy' end
+local live = 0
+for _, member in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  if redis.call('EXISTS', ARGV[3] .. member) == 1 then live = live + 1 end
+end
+if live > 0 then return 'kept' end
+redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[2])
+return 'sweep'
+"""
+
+# KEYS: a marker or lock. ARGV: token. Deletes it only if it still holds this token (it is still ours).
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -130,9 +159,35 @@ def mint_if_held(redis: redis_lib.Redis, names: BlobKeys, *, owner: str, asset_i
     return bool(minted)
 
 
+def sweep_decisions(
+    redis: redis_lib.Redis, digests: list[str], *, index_key: Callable[[str], str], owners_key: Callable[[str], str],
+    record_prefix: str,
+) -> list[tuple[str, str]]:
+    """The sweep script's answer for each blob, in one round trip: (KEPT | BUSY, "") or (SWEEP, token).
+
+    After SWEEP the caller deletes the blob from storage and then calls :func:`release_deleting`.
+    """
+    script = redis.register_script(_SWEEP)
+    tokens = [uuid.uuid4().hex for _ in digests]
+    pipe = redis.pipeline(transaction=False)
+    for digest, token in zip(digests, tokens, strict=True):
+        script(keys=[index_key(digest), blob_refs_key(digest), owners_key(digest), blob_deleting_key(digest)],
+               args=[token, DELETING_TTL_S, record_prefix], client=pipe)
+    answers = []
+    for outcome, token in zip(pipe.execute(), tokens, strict=True):
+        text = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
+        answers.append((text, token if text == SWEEP else ""))
+    return answers
+
+
 def release_deleting(redis: redis_lib.Redis, hex_digest: str, token: str) -> None:
     """Delete the blob's deleting marker if it still holds ``token`` (a later delete may have set its own)."""
-    redis.register_script(_RELEASE)(keys=[blob_deleting_key(hex_digest)], args=[token])
+    release_token(redis, blob_deleting_key(hex_digest), token)
+
+
+def release_token(redis: redis_lib.Redis, key: str, token: str) -> bool:
+    """Delete ``key`` if it still holds ``token``, atomically; whether it did (a marker's or a lock's release)."""
+    return bool(redis.register_script(_RELEASE)(keys=[key], args=[token]))
 
 
 def wait_while_deleting(redis: redis_lib.Redis, hex_digest: str, *, timeout_s: float = DELETING_TTL_S) -> None:

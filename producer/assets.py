@@ -4,7 +4,9 @@ An *asset* is a record (``dance:asset:<uuid>``) that names a *blob*: immutable b
 ``assets/blake3/<64 hex>`` and indexed by ``dance:asset-blob:<64 hex>``. Uploading the same bytes twice
 stores one blob and mints two records (each with its own owner and file name); the second upload
 answers ``created_new=False``. Records and blob indexes live ``ASSET_TTL_S`` and are refreshed
-whenever an asset or its blob is reused, so a blob's index always outlives the records over it.
+whenever an asset or its blob is reused, and a blob's index is only ever lengthened, so it always
+outlives the records over it. A blob whose every record expired is deleted by the sweep
+(producer/asset_sweep.py).
 ``dance:asset-refs:<64 hex>`` lists the records over a blob (kept like its index): deleting the last
 live one deletes the blob from storage too (``delete``; the scripts are producer/asset_blobs.py).
 
@@ -234,15 +236,26 @@ def _register(
     index = json.dumps({"key": record.key, "size_bytes": record.size_bytes, "content_type": content_type})
     pipe = redis.pipeline(transaction=True)
     pipe.set(record_key(record.id), record.to_json(), ex=ttl_s)
-    # NX: the first uploader's content type stays the blob's default; EXPIRE refreshes it either way.
+    # NX: the first uploader's content type stays the blob's default; its TTL is extended either way.
     pipe.set(blob_index_key(spooled.hex_digest), index, ex=ttl_s, nx=True)
-    pipe.expire(blob_index_key(spooled.hex_digest), ttl_s)
     pipe.sadd(blob_owners_key(spooled.hex_digest), owner)
-    pipe.expire(blob_owners_key(spooled.hex_digest), ttl_s)
     pipe.sadd(blob_refs_key(spooled.hex_digest), record.id)
-    pipe.expire(blob_refs_key(spooled.hex_digest), ttl_s)
+    for key in (blob_index_key(spooled.hex_digest), blob_owners_key(spooled.hex_digest),
+                blob_refs_key(spooled.hex_digest)):
+        _extend(pipe, key, ttl_s)
     pipe.execute()
     return record
+
+
+def _extend(pipe: redis_lib.client.Pipeline, key: str, ttl_s: int) -> None:
+    """Make a blob key live at least ``ttl_s`` more seconds, never shortening it (EXPIRE NX, then GT).
+
+    A record with a short TTL must not cut short the index and refs of a blob that longer-lived records
+    also name: the sweep (producer/asset_sweep.py) deletes a blob whose index is gone, so the index must
+    outlive every record over the blob. NX gives a new set its first TTL; GT only ever lengthens one.
+    """
+    pipe.expire(key, ttl_s, nx=True)
+    pipe.expire(key, ttl_s, gt=True)
 
 
 def store_spooled(
@@ -353,8 +366,9 @@ def touch(redis: redis_lib.Redis, record: AssetRecord, *, ttl_s: int = ASSET_TTL
     """Refresh the TTL of an asset in use (a job references it) and of its blob's index, owners and refs."""
     names = _blob_keys(record)
     pipe = redis.pipeline(transaction=True)
-    for key in (names.record, names.index, names.owners, names.refs):
-        pipe.expire(key, ttl_s)
+    pipe.expire(names.record, ttl_s)
+    for key in (names.index, names.owners, names.refs):
+        _extend(pipe, key, ttl_s)
     pipe.execute()
 
 

@@ -166,9 +166,9 @@ def _register_worker_commands() -> None:
 # Batches and operators' commands live in their own modules, which import this one for its helpers.
 def _register_ops_commands() -> None:
     from producer.batch_cli import batch, batch_status
-    from producer.ops_cli import cluster, flower, gateway, hooks_worker
+    from producer.ops_cli import assets_group, cluster, flower, gateway, hooks_worker
 
-    for command in (batch, batch_status, cluster, hooks_worker, flower, gateway):
+    for command in (batch, batch_status, cluster, assets_group, hooks_worker, flower, gateway):
         main.add_command(command)
 
 

@@ -1,9 +1,10 @@
-"""``dance cluster``, ``dance hooks-worker``, ``dance flower`` and ``dance gateway``: the operators' commands.
+"""``dance cluster``, ``dance assets sweep``, ``dance hooks-worker``, ``dance flower`` and ``dance gateway``: the
+operators' commands.
 
-``cluster`` needs only the broker; ``gateway`` imports the gateway extra only when it runs. The other two
-start worker-side processes and import nothing of the worker until they run, so producers without the
-worker extra keep a working ``dance``; ``flower`` needs only the flower extra (it watches through
-:mod:`worker.telemetry.flowerapp`, not the GPU worker's app).
+``cluster`` needs only the broker, ``assets sweep`` the broker and the storage; ``gateway`` imports the
+gateway extra only when it runs. The other two start worker-side processes and import nothing of the
+worker until they run, so producers without the worker extra keep a working ``dance``; ``flower`` needs
+only the flower extra (it watches through :mod:`worker.telemetry.flowerapp`, not the GPU worker's app).
 """
 
 from __future__ import annotations
@@ -36,6 +37,36 @@ def cluster(inspect_timeout_s: float, as_json: bool) -> None:
     def go(client: DanceClient) -> None:
         view = cluster_view(client, inspect_timeout_s)
         click.echo(json.dumps(view.as_dict(), ensure_ascii=False) if as_json else cluster_table(view))
+
+    run_client(as_json, go)
+
+
+@click.group("assets")
+def assets_group() -> None:
+    """Look after the asset store (the blobs under assets/blake3/ in DANCE_STORAGE_URL)."""
+
+
+@assets_group.command("sweep")
+@json_option
+def assets_sweep(as_json: bool) -> None:
+    """Delete the blobs whose every asset expired, and print how many were looked at, kept and swept.
+
+    The broker is CELERY_BROKER_URL and the storage DANCE_STORAGE_URL, as the gateway reads them. Safe
+    beside running gateways, uploads and deletes, and beside another sweep.
+    """
+    from producer.asset_sweep import sweep
+    from worker.storage import open_storage
+
+    def go(client: DanceClient) -> None:
+        storage = open_storage(client.settings.storage_url)
+        client._guard(client.redis.ping)  # an unreachable broker fails the sweep even when storage holds no blob
+        report = client._guard(lambda: sweep(client.redis, storage))
+        if as_json:
+            click.echo(json.dumps(report.as_dict()))
+            return
+        click.echo(f"looked at {report.looked_at} blobs: {report.kept} kept, {report.swept} swept "
+                   f"({report.bytes_freed} bytes freed), {report.busy} being deleted elsewhere, "
+                   f"{report.deferred} left for the next sweep")
 
     run_client(as_json, go)
 

@@ -36,6 +36,14 @@ class StoredObject:
     content_type: str
 
 
+@dataclass(frozen=True)
+class ListedKey:
+    """One object as a listing names it: its key (relative to the storage root) and its size."""
+
+    key: str
+    size_bytes: int
+
+
 @runtime_checkable
 class Readable(Protocol):
     """A byte stream read front to back; it need not be seekable."""
@@ -83,6 +91,15 @@ class Storage(Protocol):
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object under the folder ``prefix/``; returns how many went."""
+        ...
+
+    def list_keys(self, prefix: str) -> Iterator[ListedKey]:
+        """Every object under the folder ``prefix/``, at any depth, in no set order, one at a time.
+
+        The listing is streamed (a page of an S3 listing, one folder entry at a time), never gathered
+        whole, so a folder of millions of keys costs the memory of one page. Objects written or deleted
+        while the listing runs may or may not appear; writes still in progress never do.
+        """
         ...
 
     def owns(self, uri: str) -> bool:

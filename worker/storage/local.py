@@ -35,6 +35,7 @@ from producer.errors import (
 )
 from worker.storage.base import (
     CHUNK_BYTES,
+    ListedKey,
     Readable,
     StoredObject,
     clean_key,
@@ -140,6 +141,27 @@ class LocalStorage:
             shutil.rmtree(folder, ignore_errors=False)
         return count
 
+    def list_keys(self, prefix: str) -> Iterator[ListedKey]:
+        folder = self._path(clean_prefix(prefix))
+        pending = [folder]
+        while pending:
+            for entry in _scan(pending.pop(), prefix):
+                # Symlinks are neither followed nor listed: nothing this storage writes is one.
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=False) and not _is_partial(entry.name):
+                    listed = self._listed(entry)
+                    if listed is not None:
+                        yield listed
+
+    def _listed(self, entry: os.DirEntry[str]) -> ListedKey | None:
+        """The entry as a listed key; None if it was deleted since the folder was scanned."""
+        try:
+            size_bytes = entry.stat(follow_symlinks=False).st_size
+        except FileNotFoundError:
+            return None
+        return ListedKey(Path(entry.path).relative_to(self.root).as_posix(), size_bytes)
+
     def _owned_path(self, uri: str) -> Path | None:
         try:
             path = path_from_file_uri(uri)
@@ -176,6 +198,23 @@ class LocalStorage:
             self.root.mkdir(parents=True, exist_ok=True)
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise error(STORAGE_FORBIDDEN, "the storage folder is not writable", root=str(self.root))
+
+
+def _scan(folder: Path, prefix: str) -> Iterator[os.DirEntry[str]]:
+    """The entries of ``folder`` one at a time (none if it does not exist), closing the scan when done; a
+    folder that fails to be read is a storage error."""
+    with _storage_errors(prefix):
+        try:
+            scanner = os.scandir(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        with scanner:
+            yield from scanner
+
+
+def _is_partial(name: str) -> bool:
+    """Whether ``name`` is the temporary file of a write still in progress (see ``_write_atomically``)."""
+    return name.startswith(".") and name.endswith(".part")
 
 
 def _link_new(temp_name: str, target: Path) -> None:

@@ -12,7 +12,7 @@ presigned GET URLs signed with SigV4.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from producer.errors import (
 from worker.storage.base import (
     CHUNK_BYTES,
     HashingReader,
+    ListedKey,
     Readable,
     StoredObject,
     clean_key,
@@ -237,6 +238,19 @@ class S3Storage:
         except S3_ERRORS as exc:
             raise storage_error(exc, "delete", bucket=self.bucket, prefix=folder) from exc
         return deleted
+
+    def list_keys(self, prefix: str) -> Iterator[ListedKey]:
+        folder = self._full(clean_prefix(prefix)) + "/"
+        root = self.prefix + "/" if self.prefix else ""
+        try:
+            # list_objects_v2 answers at most 1,000 keys a page; the paginator asks for the next page
+            # only when this generator's consumer has taken every key of the last one.
+            pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=folder)
+            for page in pages:
+                for item in page.get("Contents", []):
+                    yield ListedKey(str(item["Key"]).removeprefix(root), int(item.get("Size", 0)))
+        except S3_ERRORS as exc:
+            raise storage_error(exc, "list", bucket=self.bucket, prefix=folder) from exc
 
     def _delete_batch(self, keys: list[dict[str, str]]) -> int:
         response = self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
