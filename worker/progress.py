@@ -4,13 +4,23 @@
 ``dance status`` read; it never reaches Flower
 (docs/celery-on-redis.md#progress-never-reaches-flower-through-update_state). A ``task-progress`` event
 does, but Flower only shows its ``result`` field, so the progress is also put there as text.
+
+The writes go out on a thread of the job's own (:class:`StateWriter`), in the order they were made: each
+costs three Redis round trips (Celery reads the state before it overwrites it, writes it, then the event is
+published), and on the job's thread a job's six writes before its outputs are stored cost it about 15 ms
+(BENCHMARKS.md, the overhead section). The run waits for the last write (:meth:`ProgressReporter.close`)
+before its outcome is written, so no STARTED or PROGRESS ever lands after a SUCCESS, FAILURE, REVOKED or
+REQUEUED.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -30,10 +40,60 @@ PROGRESS_STATE = "PROGRESS"
 STATE_WRITE_ERRORS = (redis.RedisError, OperationalError, BackendError)
 
 
+#: One write for the writer thread: a state write and, for progress, its event.
+Write = Callable[[], None]
+
+
+class StateWriter:
+    """Runs one job's state writes in order on a thread of its own, started with the first write."""
+
+    def __init__(self, task: Any, job_id: str) -> None:
+        self.task, self.job_id = task, job_id
+        #: The job's Celery request, captured on the job's thread: the writes run under it, as they would there.
+        self.request = vars(task.request) if task is not None else {}
+        self._writes: queue.SimpleQueue[Write | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        #: What ended the thread other than a state write's broker error (a bug): close() raises it.
+        self._failure: BaseException | None = None
+
+    def submit(self, write: Write) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"progress-{self.job_id[:8]}", daemon=True)
+            self._thread.start()
+        self._writes.put(write)
+
+    def close(self) -> None:
+        """Wait until every submitted write is done (or skipped); later writes start a new thread."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._writes.put(None)
+            thread.join()
+        if self._failure is not None:
+            raise self._failure
+
+    def _run(self) -> None:
+        # update_state and send_event read the job's id and hostname from the task's request, a
+        # thread-local stack: this thread gets a copy of the job's own.
+        self.task.push_request(**self.request)
+        try:
+            while (write := self._writes.get()) is not None:
+                try:
+                    write()
+                except STATE_WRITE_ERRORS as exc:
+                    # Progress is a view; a broker hiccup must not fail the job it describes. BackendError is
+                    # what Celery raises once its own retries of the write (result_backend_always_retry) are spent.
+                    log.warning("job %s: state not published: %s", self.job_id, exc)
+        except BaseException as exc:
+            self._failure = exc  # raised on the job's thread, where it fails the job as it did when written there
+        finally:
+            self.task.pop_request()
+
+
 class ProgressReporter:
     def __init__(self, task: Any, job_id: str) -> None:
         self.task = task
         self.job_id = job_id
+        self.writer = StateWriter(task, job_id)
         self.stage = "starting"
         #: node id → class_type of the prompt being run, so progress names the node's kind.
         self.node_classes: dict[str, str] = {}
@@ -45,10 +105,12 @@ class ProgressReporter:
 
     def started(self, hostname: str) -> None:
         """Mark the job STARTED once this run owns it (worker/app.py turns Celery's own tracking off)."""
-        try:
-            self.task.update_state(state=states.STARTED, meta={"pid": os.getpid(), "hostname": hostname})
-        except STATE_WRITE_ERRORS as exc:
-            log.warning("job %s: STARTED not recorded: %s", self.job_id, exc)
+        meta = {"pid": os.getpid(), "hostname": hostname}
+        self.writer.submit(lambda: self.task.update_state(state=states.STARTED, meta=meta))
+
+    def close(self) -> None:
+        """Wait until every STARTED and PROGRESS write of this run is done: call before its outcome is written."""
+        self.writer.close()
 
     def stage_changed(self, stage: str) -> None:
         self.stage = stage
@@ -78,10 +140,9 @@ class ProgressReporter:
         self._pending = None
         self._last_sent = now
         meta = {"job_id": self.job_id, "stage": self.stage, **update}
-        try:
+
+        def write() -> None:
             self.task.update_state(state=PROGRESS_STATE, meta=meta)
             self.task.send_event("task-progress", result=describe_progress(meta), **meta)
-        except STATE_WRITE_ERRORS as exc:
-            # Progress is a view; a broker hiccup must not fail the job it describes. BackendError is what
-            # Celery raises once its own retries of the write (result_backend_always_retry) are spent.
-            log.warning("job %s: progress not published: %s", self.job_id, exc)
+
+        self.writer.submit(write)
