@@ -106,7 +106,7 @@ def run_task(
             deadline_s=min(deadline_s or settings.job_deadline_s, settings.max_job_deadline_s),
             submitted_at=submitted_at,
             cancel=run.cancel,
-            progress=ProgressReporter(self, job_id),
+            progress=ProgressReporter(self, job_id, runtime.state_writes),
             phase=lambda phase: setattr(run, "phase", phase),
             run=run,
         )

@@ -9,7 +9,7 @@ import pytest
 from celery import Celery
 
 from producer.celeryconf import make_app, shared_config
-from worker.progress import PROGRESS_STATE, ProgressReporter
+from worker.progress import PROGRESS_STATE, ProgressReporter, state_write_thread
 
 
 def _app_and_task(redis_db: str) -> tuple[Celery, Any]:
@@ -27,7 +27,7 @@ def test_a_runs_state_writes_land_in_order_by_the_time_its_reporter_closes(redis
     app, task = _app_and_task(redis_db)
     task.push_request(id="j1", hostname="gpu@test")
     try:
-        reporter = ProgressReporter(task, "j1")
+        reporter = ProgressReporter(task, "j1", state_write_thread())
         # When it is marked STARTED and then passes three stages, and the run closes its reporter
         reporter.started("gpu@test")
         for stage in ("downloading", "uploading_inputs", "executing"):
@@ -58,7 +58,7 @@ def test_state_writes_are_made_on_a_thread_other_than_the_runs(
     monkeypatch.setattr(backend_class, "store_result", recording_store)
     task.push_request(id="j2", hostname="gpu@test")
     try:
-        reporter = ProgressReporter(task, "j2")
+        reporter = ProgressReporter(task, "j2", state_write_thread())
         # When the run reports a stage and closes
         reporter.stage_changed("downloading")
         reporter.close()
