@@ -34,13 +34,15 @@ from producer.graph import check_graph, workflow_fingerprint
 from producer.localmedia import stage_local_media
 from producer.redact import redact_url
 from producer.redisurl import redis_client
+from producer.resultwatch import ResultWatch
 from producer.schema import check_job_id, check_priority, check_queue, check_timeout_s, parse_request
 from producer.settings import ProducerSettings
 from producer.webhooks import check_callback_url
 
 log = logging.getLogger(__name__)
 
-#: Pause between two result-backend polls while waiting, in seconds.
+#: Longest pause between two result-backend reads while waiting, in seconds (a state change announced on
+#: the backend's channel ends the pause at once: producer/resultwatch.py).
 POLL_INTERVAL_S = 0.2
 #: How often a publish is retried when the broker does not answer.
 PUBLISH_MAX_RETRIES = 2
@@ -266,7 +268,12 @@ class JobHandle:
     def result(self, timeout_s: float | None = None, on_progress: ProgressCallback | None = None) -> dict[str, Any]:
         """Wait for the job; return its result dict or raise the job's :class:`DanceError`."""
         limit = self.client.settings.wait_timeout_s if timeout_s is None else timeout_s
-        deadline = time.monotonic() + limit
+        with ResultWatch(self.client.app.backend, self.id) as watch:
+            return self._wait(watch, time.monotonic() + limit, limit, on_progress)
+
+    def _wait(
+        self, watch: ResultWatch, deadline: float, limit: float, on_progress: ProgressCallback | None
+    ) -> dict[str, Any]:
         last: tuple[str, Any] | None = None
         state, info = self._snapshot()
         if state == "PENDING" and self.status() == "UNKNOWN":
@@ -281,7 +288,8 @@ class JobHandle:
             if time.monotonic() >= deadline:
                 raise error(JOB_WAIT_TIMEOUT, f"job {self.id} did not finish within {limit:g}s (state {state})",
                             job_id=self.id, state=state)
-            time.sleep(POLL_INTERVAL_S)
+            # Woken by the backend's announcement of a new state, or after the interval at the latest.
+            watch.wait(min(POLL_INTERVAL_S, max(0.0, deadline - time.monotonic())))
             try:
                 state, info = self._snapshot()
                 outage = False

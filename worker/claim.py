@@ -19,6 +19,7 @@ from producer.errors import (
     JOB_CANCELLED,
     JOB_DUPLICATE_DELIVERY,
     JOB_FENCED,
+    DanceError,
     error,
 )
 from worker.outputs import MANIFEST_NAME
@@ -59,8 +60,7 @@ def claim(runtime: Runtime, ctx: JobContext) -> dict[str, Any] | None:
         finished = existing_manifest(runtime, ctx.job_id)
         if finished is not None:
             return finished
-        raise_if_cancelled(runtime, ctx)
-        _raise_if_ended(runtime, ctx)
+        _raise_if_cancelled_or_ended(runtime, ctx)
         token = new_token(ctx.hostname)
         if runtime.leases.try_acquire(ctx.job_id, token):
             if ctx.run is not None:
@@ -89,8 +89,16 @@ def claim(runtime: Runtime, ctx: JobContext) -> dict[str, Any] | None:
         ctx.cancel.event.wait(LEASE_POLL_S)
 
 
-def _raise_if_ended(runtime: Runtime, ctx: JobContext) -> None:
-    ended = runtime.redis.get(keys.job_ended(ctx.job_id))
+def _raise_if_cancelled_or_ended(runtime: Runtime, ctx: JobContext) -> None:
+    """The cancel check and the look at the job's end, in one round trip."""
+    if ctx.cancel.event.is_set():
+        raise _cancelled(ctx)
+    pipe = runtime.redis.pipeline(transaction=False)
+    pipe.exists(keys.cancelled(ctx.job_id))
+    pipe.get(keys.job_ended(ctx.job_id))
+    cancelled, ended = pipe.execute()
+    if cancelled:
+        raise _cancelled(ctx)
     if ended is not None:
         raise error(JOB_ALREADY_ENDED, "the job already ended; this redelivered copy is dropped",
                     job_id=ctx.job_id, ended=json.loads(ended))
@@ -121,4 +129,8 @@ def read_manifest(runtime: Runtime, job_id: str) -> dict[str, Any]:
 
 def raise_if_cancelled(runtime: Runtime, ctx: JobContext) -> None:
     if ctx.cancel.event.is_set() or runtime.redis.exists(keys.cancelled(ctx.job_id)):
-        raise error(JOB_CANCELLED, "the job was cancelled before it ran", job_id=ctx.job_id)
+        raise _cancelled(ctx)
+
+
+def _cancelled(ctx: JobContext) -> DanceError:
+    return error(JOB_CANCELLED, "the job was cancelled before it ran", job_id=ctx.job_id)

@@ -7,6 +7,7 @@ result); the claim, the prompt, the fence, the manifest and the cleanup are work
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,11 +56,18 @@ class DanceJob:
         settings = runtime.settings.fetch
         image = fetch_input(self.request.reference_image, job_dir, "image", settings, runtime.storage)
         raise_if_cancelled(runtime, ctx)
-        video = fetch_input(self.request.dance_video, job_dir, "video", settings, runtime.storage)
-        ctx.timings.download_s = time.monotonic() - began
-        raise_if_cancelled(runtime, ctx)
+        # The checked image goes up to ComfyUI while the video downloads: the two wait on different hosts.
+        # Leaving the block waits for the upload, so no thread outlives this step; a video that fails is the
+        # job's error, as it was when both inputs were fetched before either went up (the janitor removes an
+        # image this run uploaded, under its run-scoped name).
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="input-upload") as uploader:
+            image_upload = uploader.submit(upload_input, runtime, ctx, image.path, "reference")
+            video = fetch_input(self.request.dance_video, job_dir, "video", settings, runtime.storage)
+            ctx.timings.download_s = time.monotonic() - began
+        raise_if_cancelled(runtime, ctx)  # a cancel outranks an upload's error, as it did before the uploads
+        image_name = image_upload.result()
         ctx.progress.stage_changed("uploading_inputs")
-        return upload_input(runtime, ctx, image.path, "reference"), upload_input(runtime, ctx, video.path, "video")
+        return image_name, upload_input(runtime, ctx, video.path, "video")
 
     def store(self, runtime: Runtime, ctx: JobContext, outcome: PromptOutcome, job_dir: Path) -> dict[str, Any]:
         request = self.request

@@ -123,8 +123,10 @@ def _release(runtime: Runtime, ctx: JobContext) -> None:
     if token is None:
         return
     try:
-        forget_prompt(runtime.redis, ctx.job_id, token)  # its prompt ended or was stopped on the way out
-        runtime.leases.release(ctx.job_id, token)
+        pipe = runtime.redis.pipeline()  # both in one round trip
+        forget_prompt(pipe, ctx.job_id, token)  # its prompt ended or was stopped on the way out
+        runtime.leases.release(ctx.job_id, token, pipe)
+        pipe.execute()
     except redis.RedisError as exc:  # deliberate: the lease then ends by its TTL, and the job's own error wins
         log.warning("job %s: execution lease not released (%s); it expires by itself", ctx.job_id, exc)
 
@@ -154,14 +156,10 @@ def execute(runtime: Runtime, ctx: JobContext, graph: dict[str, Any]) -> PromptO
         run = PromptRun(runtime.http, sock, submitted.prompt_id, ctx.deadline_s, ctx.cancel.event, ctx.progress.comfy,
                         on_start=lambda: ctx.phase(EXECUTING), on_tick=ctx.progress.flush,
                         queue_wait_s=runtime.settings.comfyui_queue_wait_s)
-        if ctx.run is not None:
-            ctx.run.prompt_id = submitted.prompt_id
-            if ctx.run.lease_token is not None:
-                record_prompt(runtime.redis, ctx.job_id, ctx.run.lease_token, runtime.settings.comfyui_url,
-                              submitted.prompt_id)
-        ctx.phase(WAITING)
         if ctx.run is not None:  # a run outside the registry (the warm-up) is no job and has no job keys
-            count(runtime, keys.executions(ctx.job_id))
+            ctx.run.prompt_id = submitted.prompt_id
+            _record_queued(runtime, ctx.job_id, ctx.run.lease_token, submitted.prompt_id)
+        ctx.phase(WAITING)
         log.info("job %s: ComfyUI prompt %s queued", ctx.job_id, submitted.prompt_id)
         if submitted.rejection is not None:
             raise submitted.rejection  # the valid part was queued: stopped below, no GPU time for a failed job
@@ -176,6 +174,17 @@ def execute(runtime: Runtime, ctx: JobContext, graph: dict[str, Any]) -> PromptO
         ctx.phase(FINISHING)
     ctx.timings.execute_s = outcome.execute_s
     return outcome
+
+
+def _record_queued(runtime: Runtime, job_id: str, lease_token: str | None, prompt_id: str) -> None:
+    """Record where the prompt runs (for a run that may take the job over) and count one more GPU run,
+    in one round trip."""
+    pipe = runtime.redis.pipeline()
+    if lease_token is not None:
+        record_prompt(pipe, job_id, lease_token, runtime.settings.comfyui_url, prompt_id)
+    pipe.incr(keys.executions(job_id))
+    pipe.expire(keys.executions(job_id), keys.JOB_KEY_TTL_S)
+    pipe.execute()
 
 
 def _stop_own_prompt(runtime: Runtime, run: PromptRun | None, client_id: str, exc: BaseException) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import threading
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ from worker.ownership.kombu_compat import UnackedIndex
 from worker.ownership.leases import ExecutionLeases
 from worker.ownership.registry import Registry
 from worker.pipeline import Pipeline
+from worker.progress import state_write_thread
 from worker.settings import WorkerSettings
 from worker.startup import Timeline
 from worker.storage import Storage, open_storage
@@ -85,6 +87,8 @@ class Runtime:
     capabilities: dict[str, Any] | None = None
     #: When this process reached each start-up milestone (worker/startup.py).
     timeline: Timeline = field(default_factory=Timeline)
+    #: The one thread that makes every job's STARTED and PROGRESS writes (worker/progress.py).
+    state_writes: Executor = field(default_factory=state_write_thread)
     janitor: Janitor = field(init=False)
 
     def __post_init__(self) -> None:

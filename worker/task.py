@@ -106,12 +106,12 @@ def run_task(
             deadline_s=min(deadline_s or settings.job_deadline_s, settings.max_job_deadline_s),
             submitted_at=submitted_at,
             cancel=run.cancel,
-            progress=ProgressReporter(self, job_id),
+            progress=ProgressReporter(self, job_id, runtime.state_writes),
             phase=lambda phase: setattr(run, "phase", phase),
             run=run,
         )
         try:
-            return run_job(runtime, ctx, kind_of())
+            return _run_and_close(runtime, ctx, kind_of)
         except redis.RedisError as exc:
             # The bookkeeping client already retried for DANCE_REDIS_RETRY_S: hand the job back, never fail it.
             broker = error(BROKER_UNREACHABLE, f"the broker did not answer: {type(exc).__name__}", job_id=job_id)
@@ -120,6 +120,15 @@ def run_task(
         except DanceError as exc:
             _settle(self, runtime, run, exc, ctx.attempt)
             raise
+
+
+def _run_and_close(runtime: Runtime, ctx: JobContext, kind_of: Callable[[], JobKind]) -> dict[str, Any]:
+    try:
+        return run_job(runtime, ctx, kind_of())
+    finally:
+        # The run's STARTED and PROGRESS writes go out on their own thread: all of them land before the
+        # outcome (Celery's SUCCESS or FAILURE, or _settle's REVOKED or REQUEUED), never after it.
+        ctx.progress.close()
 
 
 def _held_message(job_id: str) -> HeldMessage | None:

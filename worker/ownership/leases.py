@@ -70,5 +70,6 @@ class ExecutionLeases:
         reply = (client or self.client).eval(_RENEW, 1, keys.lease(job_id), token, self.ttl_ms)
         return Renewal(int(reply))
 
-    def release(self, job_id: str, token: str) -> None:
-        self.client.eval(_RELEASE, 1, keys.lease(job_id), token)
+    def release(self, job_id: str, token: str, client: redis.Redis | None = None) -> None:
+        """Delete the lease if ``token`` holds it; ``client`` may be a pipeline that sends it with other calls."""
+        (client or self.client).eval(_RELEASE, 1, keys.lease(job_id), token)
