@@ -33,6 +33,8 @@ def test_flower_shows_a_running_jobs_progress_then_its_result_without_secrets(
     s3_env = {k: v for k, v in s3_server.env.items() if k != "AWS_MAX_ATTEMPTS"}
     start_gpu_worker(cluster, "w", sim.url, DANCE_STORAGE_URL=f"s3://{s3_server.bucket}/results", **s3_env)
     flower = start_flower(cluster, sim.url)
+    # (once Flower hears the worker, it cannot miss the job's task-received event, which carries the arguments)
+    wait_until(lambda: flower.hears("w@"), 30, "Flower to hear the worker's heartbeat")
     request = dance_request(media_server, tmp_path, steps=4)
     request["reference_image"] += "?" + SECRET_TOKEN
     with cluster.client() as client:

@@ -71,6 +71,13 @@ class Flower:
         response = self.get(f"/api/task/info/{task_id}")
         return dict(response.json()) if response.status_code == HTTP_OK else {}
 
+    def hears(self, worker_prefix: str) -> bool:
+        """Whether Flower's event receiver has heard a live worker whose name starts with ``worker_prefix``
+        (a heartbeat): from then on it sees every task event, ``task-received`` with the arguments included."""
+        response = self.get("/api/workers?status=1")
+        alive = dict(response.json()) if response.status_code == HTTP_OK else {}
+        return any(name.startswith(worker_prefix) and up for name, up in alive.items())
+
     def workers(self) -> dict[str, Any]:
         """Flower's view of the workers, refreshed by a broadcast inspect (a worker may miss one)."""
         response = self.get("/api/workers?refresh=1")
