@@ -10,15 +10,16 @@ caller deletes the blob from storage. Minting from a bare hash is a script too, 
 record to a blob whose index a delete has just removed. The sweep (producer/asset_sweep.py) frees a
 blob whose records all expired the same way, by a script that sets the same marker.
 
-The scripts read other records by a key built inside Lua (the record prefix is an argument), which a
-Redis Cluster would refuse; the cluster runs on one Redis (or Sentinel), where every key is local.
+The Redis key names of assets (records, and each blob's index, owners, refs and deleting marker) live here,
+beside the scripts that use them; producer/assets.py re-exports them. The scripts read other records by a
+key built inside Lua (the record prefix is an argument), which a Redis Cluster would refuse; the cluster
+runs on one Redis (or Sentinel), where every key is local.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis as redis_lib
@@ -106,6 +107,25 @@ return 0
 """
 
 
+def record_key(asset_id: str) -> str:
+    """Redis key of an asset record (JSON)."""
+    return f"{keys.PREFIX}:asset:{asset_id}"
+
+
+#: What every record's key starts with: the scripts build the keys of the records a refs set names.
+RECORD_PREFIX = record_key("")
+
+
+def blob_index_key(hex_digest: str) -> str:
+    """Redis key of a blob's index entry (JSON ``{"key", "size_bytes", "content_type"}``)."""
+    return f"{keys.PREFIX}:asset-blob:{hex_digest}"
+
+
+def blob_owners_key(hex_digest: str) -> str:
+    """Redis set of the owners who have shown they hold a blob's bytes."""
+    return f"{keys.PREFIX}:asset-owners:{hex_digest}"
+
+
 def blob_refs_key(hex_digest: str) -> str:
     """Redis set of the ids of the records over a blob."""
     return f"{keys.PREFIX}:asset-refs:{hex_digest}"
@@ -120,10 +140,20 @@ def blob_deleting_key(hex_digest: str) -> str:
 class BlobKeys:
     """The Redis keys of one record and of the blob it names."""
 
-    record: str
-    index: str
-    owners: str
+    asset_id: str
     hex_digest: str
+
+    @property
+    def record(self) -> str:
+        return record_key(self.asset_id)
+
+    @property
+    def index(self) -> str:
+        return blob_index_key(self.hex_digest)
+
+    @property
+    def owners(self) -> str:
+        return blob_owners_key(self.hex_digest)
 
     @property
     def refs(self) -> str:
@@ -134,35 +164,33 @@ class BlobKeys:
         return blob_deleting_key(self.hex_digest)
 
 
-def unlink_record(
-    redis: redis_lib.Redis, names: BlobKeys, *, owner: str, asset_id: str, hash_value: str, record_prefix: str,
-) -> tuple[str, str]:
+def _text(outcome: object) -> str:
+    """A script's string answer, as redis-py returns it (bytes, or str on a decoding client)."""
+    return outcome.decode() if isinstance(outcome, bytes) else str(outcome)
+
+
+def unlink_record(redis: redis_lib.Redis, names: BlobKeys, *, owner: str, hash_value: str) -> tuple[str, str]:
     """Drop ``owner``'s record atomically: (MISSING, ""), (DROPPED, "") or (FREED, the marker's token).
 
     After FREED the caller deletes the blob from storage and then calls :func:`release_deleting`.
     """
     token = uuid.uuid4().hex
-    outcome = redis.register_script(_DELETE)(
+    outcome = _text(redis.register_script(_DELETE)(
         keys=[names.record, names.refs, names.owners, names.index, names.deleting],
-        args=[owner, asset_id, hash_value, token, DELETING_TTL_S, record_prefix],
-    )
-    text = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
-    return text, token if text == FREED else ""
+        args=[owner, names.asset_id, hash_value, token, DELETING_TTL_S, RECORD_PREFIX],
+    ))
+    return outcome, token if outcome == FREED else ""
 
 
-def mint_if_held(redis: redis_lib.Redis, names: BlobKeys, *, owner: str, asset_id: str, record_json: str,
-                 ttl_s: int) -> bool:
+def mint_if_held(redis: redis_lib.Redis, names: BlobKeys, *, owner: str, record_json: str, ttl_s: int) -> bool:
     """Write a record over a blob if its index exists and ``owner`` is among its owners, atomically."""
     minted = redis.register_script(_MINT_IF_HELD)(
-        keys=[names.index, names.owners, names.refs, names.record], args=[owner, asset_id, record_json, ttl_s],
+        keys=[names.index, names.owners, names.refs, names.record], args=[owner, names.asset_id, record_json, ttl_s],
     )
     return bool(minted)
 
 
-def sweep_decisions(
-    redis: redis_lib.Redis, digests: list[str], *, index_key: Callable[[str], str], owners_key: Callable[[str], str],
-    record_prefix: str,
-) -> list[tuple[str, str]]:
+def sweep_decisions(redis: redis_lib.Redis, digests: list[str]) -> list[tuple[str, str]]:
     """The sweep script's answer for each blob, in one round trip: (KEPT | BUSY, "") or (SWEEP, token).
 
     After SWEEP the caller deletes the blob from storage and then calls :func:`release_deleting`.
@@ -171,12 +199,11 @@ def sweep_decisions(
     tokens = [uuid.uuid4().hex for _ in digests]
     pipe = redis.pipeline(transaction=False)
     for digest, token in zip(digests, tokens, strict=True):
-        script(keys=[index_key(digest), blob_refs_key(digest), owners_key(digest), blob_deleting_key(digest)],
-               args=[token, DELETING_TTL_S, record_prefix], client=pipe)
+        script(keys=[blob_index_key(digest), blob_refs_key(digest), blob_owners_key(digest), blob_deleting_key(digest)],
+               args=[token, DELETING_TTL_S, RECORD_PREFIX], client=pipe)
     answers = []
-    for outcome, token in zip(pipe.execute(), tokens, strict=True):
-        text = outcome.decode() if isinstance(outcome, bytes) else str(outcome)
-        answers.append((text, token if text == SWEEP else ""))
+    for outcome, token in zip(map(_text, pipe.execute()), tokens, strict=True):
+        answers.append((outcome, token if outcome == SWEEP else ""))
     return answers
 
 

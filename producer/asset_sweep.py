@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass
 import redis as redis_lib
 
 from producer.asset_blobs import BUSY, DELETING_TTL_S, KEPT, SWEEP, release_deleting, sweep_decisions
-from producer.assets import BLOB_FOLDER, HEX_DIGEST, blob_index_key, blob_owners_key, record_key
+from producer.assets import BLOB_FOLDER, HEX_DIGEST
 from worker.storage.base import ListedKey, Storage
 
 log = logging.getLogger(__name__)
@@ -107,10 +107,7 @@ def _sweep_batch(
     out_of_time: Callable[[float], bool],
 ) -> None:
     decided_at = time.monotonic()
-    answers = sweep_decisions(
-        redis, [digest for digest, _ in batch], index_key=blob_index_key, owners_key=blob_owners_key,
-        record_prefix=record_key(""),
-    )
+    answers = sweep_decisions(redis, [digest for digest, _ in batch])
     report.looked_at += len(batch)
     report.kept += sum(1 for outcome, _ in answers if outcome == KEPT)
     report.busy += sum(1 for outcome, _ in answers if outcome == BUSY)

@@ -40,8 +40,11 @@ from producer.asset_blobs import (
     FREED,
     MISSING,
     BlobKeys,
+    blob_index_key,
+    blob_owners_key,
     blob_refs_key,
     mint_if_held,
+    record_key,
     release_deleting,
     unlink_record,
     wait_while_deleting,
@@ -56,8 +59,8 @@ from producer.errors import (
 )
 from worker.storage.base import Readable, Storage, iter_chunks
 
-# The references (asset_refs) and the upload spool (asset_spool) are modules of their own for size;
-# callers import them from here.
+# The references (asset_refs), the upload spool (asset_spool) and the Redis key names (asset_blobs, beside
+# the scripts that use them) are modules of their own for size; callers import them from here.
 __all__ = [
     "ASSET_REF_TYPE", "ASSET_TTL_S", "AssetRecord", "Spool", "Spooled", "asset_ref_id", "blob_for_hash",
     "blob_index_key", "blob_key", "blob_owners_key", "blob_refs_key", "check_expected_hash", "check_refs",
@@ -77,21 +80,6 @@ HASH_PREFIX = "blake3:"
 HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 #: Content type of a blob whose uploader named none.
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
-
-
-def record_key(asset_id: str) -> str:
-    """Redis key of an asset record (JSON)."""
-    return f"{keys.PREFIX}:asset:{asset_id}"
-
-
-def blob_index_key(hex_digest: str) -> str:
-    """Redis key of a blob's index entry (JSON ``{"key", "size_bytes", "content_type"}``)."""
-    return f"{keys.PREFIX}:asset-blob:{hex_digest}"
-
-
-def blob_owners_key(hex_digest: str) -> str:
-    """Redis set of the owners who have shown they hold a blob's bytes."""
-    return f"{keys.PREFIX}:asset-owners:{hex_digest}"
 
 
 def blob_key(hex_digest: str) -> str:
@@ -222,11 +210,6 @@ def _new_record(
     )
 
 
-def _blob_keys(record: AssetRecord) -> BlobKeys:
-    digest = record.hex_digest
-    return BlobKeys(record_key(record.id), blob_index_key(digest), blob_owners_key(digest), digest)
-
-
 def _register(
     redis: redis_lib.Redis, spooled: Spooled, *, content_type: str, file_path: str | None, owner: str,
     job_id: str | None, ttl_s: int,
@@ -234,14 +217,14 @@ def _register(
     """Mint a record over a stored blob and refresh the blob's index, owners and refs, in one transaction."""
     record = _new_record(spooled, content_type=content_type, file_path=file_path, owner=owner, job_id=job_id)
     index = json.dumps({"key": record.key, "size_bytes": record.size_bytes, "content_type": content_type})
+    names = BlobKeys(record.id, spooled.hex_digest)
     pipe = redis.pipeline(transaction=True)
-    pipe.set(record_key(record.id), record.to_json(), ex=ttl_s)
+    pipe.set(names.record, record.to_json(), ex=ttl_s)
     # NX: the first uploader's content type stays the blob's default; its TTL is extended either way.
-    pipe.set(blob_index_key(spooled.hex_digest), index, ex=ttl_s, nx=True)
-    pipe.sadd(blob_owners_key(spooled.hex_digest), owner)
-    pipe.sadd(blob_refs_key(spooled.hex_digest), record.id)
-    for key in (blob_index_key(spooled.hex_digest), blob_owners_key(spooled.hex_digest),
-                blob_refs_key(spooled.hex_digest)):
+    pipe.set(names.index, index, ex=ttl_s, nx=True)
+    pipe.sadd(names.owners, owner)
+    pipe.sadd(names.refs, record.id)
+    for key in (names.index, names.owners, names.refs):
         _extend(pipe, key, ttl_s)
     pipe.execute()
     return record
@@ -357,14 +340,14 @@ def from_hash(
         file_path=file_path, owner=owner, job_id=None,
     )
     minted = mint_if_held(
-        redis, _blob_keys(record), owner=owner, asset_id=record.id, record_json=record.to_json(), ttl_s=ttl_s,
+        redis, BlobKeys(record.id, record.hex_digest), owner=owner, record_json=record.to_json(), ttl_s=ttl_s,
     )
     return record if minted else None
 
 
 def touch(redis: redis_lib.Redis, record: AssetRecord, *, ttl_s: int = ASSET_TTL_S) -> None:
     """Refresh the TTL of an asset in use (a job references it) and of its blob's index, owners and refs."""
-    names = _blob_keys(record)
+    names = BlobKeys(record.id, record.hex_digest)
     pipe = redis.pipeline(transaction=True)
     pipe.expire(names.record, ttl_s)
     for key in (names.index, names.owners, names.refs):
@@ -383,8 +366,7 @@ def delete(redis: redis_lib.Redis, storage: Storage, asset_id: str, *, owner: st
     if record is None:
         return False
     outcome, token = unlink_record(
-        redis, _blob_keys(record), owner=owner, asset_id=record.id, hash_value=record.hash,
-        record_prefix=record_key(""),
+        redis, BlobKeys(record.id, record.hex_digest), owner=owner, hash_value=record.hash,
     )
     if outcome == MISSING:
         return False  # a concurrent delete of the same asset won, or it expired since the load

@@ -202,10 +202,8 @@ def test_an_upload_of_the_same_bytes_during_a_delete_waits_for_it_and_stores_the
     hex_digest = blake3(data).hexdigest()
     record = assets.load(redis, upload(gateway.base_url, data, headers=bearer(ALICE_KEY)).json()["id"])
     assert record is not None
-    names = asset_blobs.BlobKeys(assets.record_key(record.id), assets.blob_index_key(hex_digest),
-                                 assets.blob_owners_key(hex_digest), hex_digest)
-    outcome, token = asset_blobs.unlink_record(redis, names, owner=ALICE, asset_id=record.id,
-                                               hash_value=record.hash, record_prefix=assets.record_key(""))
+    outcome, token = asset_blobs.unlink_record(redis, asset_blobs.BlobKeys(record.id, hex_digest), owner=ALICE,
+                                               hash_value=record.hash)
     assert outcome == asset_blobs.FREED and redis.exists(asset_blobs.blob_deleting_key(hex_digest))
     # When bob uploads the same bytes meanwhile (storage still has them, so the upload puts nothing first)
     answers: list[httpx.Response] = []
@@ -236,9 +234,8 @@ def test_a_mint_from_the_hash_that_a_delete_overtakes_mints_nothing_and_answers_
     assert assets.blob_for_hash(redis, record.hash, owner=ALICE) is not None
     # When the delete of the asset runs before the mint writes its record
     assert assets.delete(redis, storage, record.id, owner=ALICE)
-    names = asset_blobs.BlobKeys(assets.record_key("minted"), assets.blob_index_key(record.hex_digest),
-                                 assets.blob_owners_key(record.hex_digest), record.hex_digest)
-    minted = asset_blobs.mint_if_held(redis, names, owner=ALICE, asset_id="minted", record_json="{}", ttl_s=60)
+    names = asset_blobs.BlobKeys("minted", record.hex_digest)
+    minted = asset_blobs.mint_if_held(redis, names, owner=ALICE, record_json="{}", ttl_s=60)
     # Then the mint's write is refused and leaves no key, and a whole mint from the hash answers None
     assert minted is False
     assert keyspace(redis) == {}

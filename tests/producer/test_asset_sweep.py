@@ -154,10 +154,7 @@ def test_an_upload_of_the_same_bytes_after_the_sweeps_decision_waits_and_stores_
     # Given an expired blob that the sweep's script has decided to sweep (marked) but not yet deleted
     data = pattern(6_000, seed=6)
     hex_digest = expired_blob(redis, storage, tmp_path, data)
-    [(outcome, token)] = asset_blobs.sweep_decisions(
-        redis, [hex_digest], index_key=assets.blob_index_key, owners_key=assets.blob_owners_key,
-        record_prefix=assets.record_key(""),
-    )
+    [(outcome, token)] = asset_blobs.sweep_decisions(redis, [hex_digest])
     assert outcome == asset_blobs.SWEEP
     # When an upload of the same bytes starts (storage still has them, so it puts nothing first)
     uploads: list[tuple[assets.AssetRecord, bool]] = []
