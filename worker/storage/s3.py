@@ -12,6 +12,7 @@ presigned GET URLs signed with SigV4.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,15 +229,15 @@ class S3Storage:
 
     def delete_prefix(self, prefix: str) -> int:
         folder = self._full(clean_prefix(prefix)) + "/"
+        root = self.prefix + "/" if self.prefix else ""
+        listing = self.list_keys(prefix)  # streamed: a page of keys at a time, deleted as it comes
         deleted = 0
-        try:
-            pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=folder)
-            for page in pages:
-                keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
-                for start in range(0, len(keys), DELETE_BATCH_KEYS):
-                    deleted += self._delete_batch(keys[start : start + DELETE_BATCH_KEYS])
-        except S3_ERRORS as exc:
-            raise storage_error(exc, "delete", bucket=self.bucket, prefix=folder) from exc
+        # The listed keys are relative to the root: put it back as it was, without re-checking a key S3 holds.
+        while batch := [{"Key": root + listed.key} for listed in itertools.islice(listing, DELETE_BATCH_KEYS)]:
+            try:
+                deleted += self._delete_batch(batch)
+            except S3_ERRORS as exc:
+                raise storage_error(exc, "delete", bucket=self.bucket, prefix=folder) from exc
         return deleted
 
     def list_keys(self, prefix: str) -> Iterator[ListedKey]:
