@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import uuid
 from pathlib import Path
 
 import pytest
 
 from harness.seaweed import S3Server
 from producer.errors import DanceError
+from tests.fixtures.asset_storage import storage_of
 from worker.storage import LocalStorage, Storage, StoredObject, open_storage
 
 #: Read cap for the small objects of these tests, in bytes.
@@ -23,12 +23,9 @@ RACE_ROUNDS = 5
 RACE_JOIN_TIMEOUT_S = 30.0
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture(params=["folder", "s3"])
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
-    if request.param == "local":
-        return open_storage((tmp_path / "store").as_uri())
-    s3_env: S3Server = request.getfixturevalue("s3_env")
-    return open_storage(f"s3://{s3_env.bucket}/fenced-{uuid.uuid4().hex[:8]}")
+    return storage_of(request, tmp_path, "fenced")
 
 
 def race(storage: Storage, key: str) -> list[tuple[bytes, StoredObject | None]]:

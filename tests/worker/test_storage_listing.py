@@ -4,24 +4,20 @@ depth, with its size, streamed; and on a folder, nothing that is not a finished 
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from harness.seaweed import S3Server
-from worker.storage import Storage, open_storage
+from tests.fixtures.asset_storage import storage_of
+from worker.storage import Storage
 from worker.storage.local import LocalStorage
 
 
 @pytest.fixture(params=["folder", "s3"])
 def listed_storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
     """A folder, or a prefix of its own in the SeaweedFS bucket (the worker conftest's ``storage`` is a folder only)."""
-    if request.param == "folder":
-        return open_storage((tmp_path / "store").as_uri())
-    s3_env: S3Server = request.getfixturevalue("s3_env")
-    return open_storage(f"s3://{s3_env.bucket}/listing-{uuid.uuid4().hex[:8]}")
+    return storage_of(request, tmp_path, "listing")
 
 
 def test_a_listing_names_every_object_under_the_folder_at_any_depth_with_its_size_and_nothing_beside_it(
